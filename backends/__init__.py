@@ -1,0 +1,1 @@
+"""How a request reaches a model: transports and servers, nothing about what prompts mean."""

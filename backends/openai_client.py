@@ -1,0 +1,370 @@
+"""An aiohttp client for any OpenAI-compatible endpoint (vLLM, llama.cpp server, hosted APIs).
+
+One shared `aiohttp.ClientSession` per backend, its connector sized to the engine's concurrency
+window. Every failure becomes a typed `BackendError` so retry policy can stay in the engine.
+Requests and answers are (de)serialised with orjson: per-call CPU, not the network, is what limits
+one Python client on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import orjson
+
+from backends.errors import (
+    AuthenticationError,
+    BackendError,
+    ClientRequestError,
+    ConfigError,
+    ConnectionFailed,
+    ContextLengthExceeded,
+    MalformedResponse,
+    RateLimited,
+    RequestTimeout,
+    ServerError,
+    UnknownModel,
+)
+from backends.protocol import Capabilities, Completion, Message, SamplingParams
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+_ERROR_SNIPPET_CHARS = 300
+
+
+def is_local_url(base_url: str) -> bool:
+    """True for loopback and private-network hosts, which need no API key."""
+    host = urlsplit(base_url).hostname or ""
+    if host in ("localhost", ""):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local
+
+
+def redact_url(url: str) -> str:
+    """The URL without user:password, so it can appear in logs, cache keys and messages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """`Retry-After` as seconds: either a number or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _sampling_body(params: SamplingParams) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "n": params.n,
+    }
+    if params.stop:
+        body["stop"] = list(params.stop)
+    if params.seed is not None:
+        body["seed"] = params.seed
+    return body
+
+
+def _split_total(total: int, weights: Sequence[int]) -> list[int]:
+    """Divide an integer total in proportion to weights so that the parts sum exactly to it.
+
+    A prompt-list call reports one `usage` for the whole call; the engine needs per-prompt
+    figures for its cache and ledger, and the ledger's sums must stay equal to the server's.
+    """
+    if len(weights) == 1:
+        return [total]
+    weight_sum = sum(weights) or len(weights)
+    if sum(weights) == 0:
+        weights = [1] * len(weights)
+    parts = [total * w // weight_sum for w in weights]
+    remainder = total - sum(parts)
+    for i in range(remainder):
+        parts[i % len(parts)] += 1
+    return parts
+
+
+class OpenAICompatibleBackend:
+    """A `backends.protocol.Backend` speaking the OpenAI HTTP API.
+
+    `api_key` defaults to `OPENAI_API_KEY`, `base_url` to `OPENAI_BASE_URL`. A hosted (non-local)
+    endpoint without a key is a configuration error raised at construction, before any work.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        model: str | None = None,
+        *,
+        api_key: str | None = None,
+        capabilities: Capabilities | None = None,
+        max_connections: int = 256,
+        request_timeout_s: float = 600.0,
+        connect_timeout_s: float = 10.0,
+        require_api_key: bool | None = None,
+    ) -> None:
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        self._base_url = base_url.rstrip("/")
+        if not self._base_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"base URL {redact_url(base_url)!r} must start with http:// or https://"
+            )
+        self._public_url = redact_url(self._base_url)
+        self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        needs_key = (
+            (not is_local_url(self._base_url)) if require_api_key is None else require_api_key
+        )
+        if needs_key and not self._api_key:
+            raise AuthenticationError(
+                "no API key for this hosted endpoint: set OPENAI_API_KEY or pass an API key file",
+                endpoint=self._public_url,
+            )
+        self._model = model or ""
+        self._capabilities = capabilities or Capabilities()
+        self._max_connections = max_connections
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s, connect=connect_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        self._headers = {"Content-Type": "application/json"}
+        if self._api_key:
+            self._headers["Authorization"] = f"Bearer {self._api_key}"
+
+    @property
+    def identity(self) -> str:
+        return f"openai-compatible|{self._public_url}|{self._model}"
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    @property
+    def base_url(self) -> str:
+        return self._public_url
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    def with_capabilities(self, capabilities: Capabilities) -> None:
+        """Replace what the endpoint is believed to accept (after probing it)."""
+        self._capabilities = capabilities
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, headers=self._headers
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        url = f"{self._base_url}{path}"
+        where = f"{self._public_url}{path}"
+        data = orjson.dumps(body) if body is not None else None
+        try:
+            async with self._get_session().request(method, url, data=data) as response:
+                raw = await response.read()
+                status = response.status
+                if status >= 400:
+                    raise self._http_error(status, raw, response.headers, where)
+        except BackendError:
+            raise
+        except TimeoutError as error:
+            raise RequestTimeout("no complete answer before the timeout", endpoint=where) from error
+        except aiohttp.ClientConnectorError as error:
+            raise ConnectionFailed(
+                f"cannot connect ({error.os_error.strerror or error.os_error})", endpoint=where
+            ) from None
+        except aiohttp.ClientPayloadError as error:
+            raise MalformedResponse(f"truncated response body ({error})", endpoint=where) from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
+            raise ConnectionFailed(f"connection lost ({error})", endpoint=where) from None
+        except aiohttp.ClientError as error:
+            raise ConnectionFailed(f"{type(error).__name__}: {error}", endpoint=where) from None
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            snippet = raw[:80].decode("utf-8", "replace")
+            raise MalformedResponse(
+                f"answer is not JSON ({len(raw)} bytes, starting {snippet!r})", endpoint=where
+            ) from None
+
+    def _http_error(self, status: int, raw: bytes, headers: Any, where: str) -> BackendError:
+        message = self._error_message(raw)
+        if status == 429:
+            limits = {
+                k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit")
+            }
+            return RateLimited(
+                f"rate limited: {message}",
+                endpoint=where,
+                retry_after=parse_retry_after(headers.get("Retry-After")),
+                limits=limits,
+            )
+        if status >= 500:
+            return ServerError(f"HTTP {status}: {message}", endpoint=where, status=status)
+        if status in (401, 403):
+            return AuthenticationError(
+                f"HTTP {status}: the server refused the credentials", endpoint=where, status=status
+            )
+        lowered = message.lower()
+        if "context length" in lowered or "context window" in lowered or "too long" in lowered:
+            return ContextLengthExceeded(f"HTTP {status}: {message}", endpoint=where, status=status)
+        if status == 404 and "model" in lowered:
+            return UnknownModel(
+                f"HTTP 404: model {self._model!r} is not served here: {message}",
+                endpoint=where,
+                status=status,
+            )
+        return ClientRequestError(f"HTTP {status}: {message}", endpoint=where, status=status)
+
+    def _error_message(self, raw: bytes) -> str:
+        text = raw[: _ERROR_SNIPPET_CHARS * 4].decode("utf-8", "replace")
+        try:
+            payload = orjson.loads(raw)
+            error = payload.get("error", payload) if isinstance(payload, dict) else payload
+            if isinstance(error, dict):
+                text = str(error.get("message") or error)
+            elif isinstance(error, str):
+                text = error
+        except (orjson.JSONDecodeError, AttributeError):
+            pass
+        if self._api_key:
+            text = text.replace(self._api_key, "[redacted]")
+        return text[:_ERROR_SNIPPET_CHARS]
+
+    def _where(self, path: str) -> str:
+        return f"{self._public_url}{path}"
+
+    async def complete(self, prompts: Sequence[str], params: SamplingParams) -> list[Completion]:
+        """One `/v1/completions` call; a list of prompts when there is more than one."""
+        body = _sampling_body(params)
+        body["model"] = self._model
+        body["prompt"] = prompts[0] if len(prompts) == 1 else list(prompts)
+        payload = await self._request("POST", "/completions", body)
+        return self._parse_choices(payload, len(prompts), params.n, "/completions", prompts)
+
+    async def chat(self, messages: Sequence[Message], params: SamplingParams) -> Completion:
+        """One `/v1/chat/completions` call for one conversation."""
+        body = _sampling_body(params)
+        body["model"] = self._model
+        body["messages"] = [{"role": role, "content": content} for role, content in messages]
+        payload = await self._request("POST", "/chat/completions", body)
+        return self._parse_choices(payload, 1, params.n, "/chat/completions", None)[0]
+
+    def _parse_choices(
+        self,
+        payload: Any,
+        prompt_count: int,
+        n: int,
+        path: str,
+        prompts: Sequence[str] | None,
+    ) -> list[Completion]:
+        try:
+            choices = payload["choices"]
+            usage = payload.get("usage") or {}
+            texts: list[list[str]] = [[""] * n for _ in range(prompt_count)]
+            reasons: list[list[str]] = [[""] * n for _ in range(prompt_count)]
+            seen = 0
+            for position, choice in enumerate(choices):
+                index = choice.get("index", position)
+                prompt_index, choice_index = divmod(index, n)
+                message = choice.get("message")
+                text = message.get("content") if message is not None else choice.get("text")
+                texts[prompt_index][choice_index] = text or ""
+                reasons[prompt_index][choice_index] = choice.get("finish_reason") or ""
+                seen += 1
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            completion_tokens = int(usage.get("completion_tokens") or 0)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+            raise MalformedResponse(
+                f"answer lacks the expected choices ({type(error).__name__}: {error})",
+                endpoint=self._where(path),
+            ) from None
+        if seen != prompt_count * n:
+            raise MalformedResponse(
+                f"expected {prompt_count * n} choices, got {seen}", endpoint=self._where(path)
+            )
+        if prompt_count == 1:
+            return [
+                Completion(tuple(texts[0]), prompt_tokens, completion_tokens, tuple(reasons[0]))
+            ]
+        prompt_parts = _split_total(prompt_tokens, [len(p) for p in prompts or ()])
+        completion_parts = _split_total(
+            completion_tokens, [sum(len(t) for t in group) for group in texts]
+        )
+        return [
+            Completion(tuple(texts[i]), prompt_parts[i], completion_parts[i], tuple(reasons[i]))
+            for i in range(prompt_count)
+        ]
+
+    async def list_models(self) -> list[str]:
+        """The model ids the endpoint serves (`/v1/models`)."""
+        payload = await self._request("GET", "/models", None)
+        try:
+            return [entry["id"] for entry in payload["data"]]
+        except (KeyError, TypeError) as error:
+            raise MalformedResponse(
+                f"model list lacks data[].id ({error})", endpoint=self._where("/models")
+            ) from None
+
+    async def embed(self, texts: Sequence[str], model: str | None = None) -> list[list[float]]:
+        """Embeddings from `/v1/embeddings`, in input order."""
+        payload = await self._request(
+            "POST", "/embeddings", {"model": model or self._model, "input": list(texts)}
+        )
+        try:
+            rows = sorted(payload["data"], key=lambda row: row.get("index", 0))
+            return [row["embedding"] for row in rows]
+        except (KeyError, TypeError) as error:
+            raise MalformedResponse(
+                f"embedding answer lacks data[].embedding ({error})",
+                endpoint=self._where("/embeddings"),
+            ) from None
+
+    async def wait_until_ready(self, deadline_s: float = 60.0) -> None:
+        """Poll `/v1/models` until it answers; a clear error when the deadline passes."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline_s
+        last: BackendError | None = None
+        while loop.time() < end:
+            try:
+                await self.list_models()
+                return
+            except (ConnectionFailed, ServerError, RequestTimeout, MalformedResponse) as error:
+                last = error
+                await asyncio.sleep(0.2)
+        raise ConnectionFailed(
+            f"endpoint not ready after {deadline_s:.0f} s ({last})", endpoint=self._public_url
+        )

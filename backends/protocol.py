@@ -1,0 +1,114 @@
+"""Values that cross the backend boundary, and the interface every backend implements.
+
+A `Request` is one generation: a chat (`messages`) or a plain completion (`prompt`), with its
+sampling settings. A backend turns requests into `Completion`s and knows nothing of caching,
+retries or limits; those are the engine's policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+Message = tuple[str, str]
+"""One chat turn as (role, content); role is "system", "user" or "assistant"."""
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Generation settings sent with a request; every field takes part in the cache key."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One generation request.
+
+    Exactly one of `messages` (chat) or `prompt` (completion) is set. `sample_index` tells apart
+    repeated draws of a sampled request (temperature > 0): the engine caches a sampled request
+    only when it is given, so that a cache never silently turns sampling into repetition.
+    """
+
+    messages: tuple[Message, ...] | None = None
+    prompt: str | None = None
+    params: SamplingParams = field(default_factory=SamplingParams)
+    sample_index: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("a Request needs exactly one of messages or prompt")
+
+    @property
+    def is_chat(self) -> bool:
+        return self.messages is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A model's answer: one text per requested choice (`n`), with the server's token usage.
+
+    `cached` is true when the engine answered from its cache; the usage fields then hold what the
+    original call cost (counted as saved by the ledger, never as spent).
+    """
+
+    texts: tuple[str, ...]
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reasons: tuple[str, ...] = ()
+    cached: bool = False
+
+    @property
+    def text(self) -> str:
+        return self.texts[0] if self.texts else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What an endpoint accepts, so the engine can choose how to send work.
+
+    `prompt_lists`: `/v1/completions` takes a list of prompts in one call (vLLM does).
+    `multiple_choices`: `n > 1` is honoured in one call.
+    `max_concurrency`: the number of sequences the server runs at once, when known
+    (vLLM's `max_num_seqs`), used to size the engine's window.
+    """
+
+    prompt_lists: bool = True
+    multiple_choices: bool = True
+    chat: bool = True
+    completions: bool = True
+    max_concurrency: int | None = None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A transport to one model endpoint.
+
+    `identity` names the endpoint and model without credentials; it is part of every cache key.
+    `complete` sends one HTTP call (or one engine step) for a list of prompts that share
+    sampling settings and returns one `Completion` per prompt, in order. `chat` sends one
+    conversation. Both raise `backends.errors.BackendError` subclasses on failure.
+    """
+
+    @property
+    def identity(self) -> str: ...
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    async def complete(
+        self, prompts: Sequence[str], params: SamplingParams
+    ) -> list[Completion]: ...
+
+    async def chat(self, messages: Sequence[Message], params: SamplingParams) -> Completion: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,537 @@
+"""The engine: one bounded window of work in flight, shared by every caller.
+
+`Engine.generate(request)` answers one request; callers await it concurrently and the engine
+decides how the work reaches the server:
+
+- Cache first (a hit costs nothing), then in-flight de-duplication (identical requests share one
+  call), then a priority queue. Queues are kept per (priority, sampling settings) so that requests
+  that can share a call sit together; the dispatcher always serves the most urgent queue first,
+  oldest first among equals.
+- One concurrency window counts sequences in flight, not calls and not candidates; it is sized for
+  the server (a little above vLLM's `max_num_seqs`, so the server never waits for the client) and
+  shrinks and regrows by AIMD on 429s and timeouts.
+- Completion requests, and chats rendered with a known chat template, travel as prompt lists: up
+  to `max_batch_size` prompts in one `/v1/completions` call. Per-call CPU is what limits a Python
+  client, so this is the lever that keeps the client far below the server's capacity.
+- Failures retry with exponential backoff and full jitter, never sooner than `Retry-After`; a 429
+  pauses all dispatch until the server's reset. A call refused as invalid (4xx) is split so that
+  one bad prompt cannot sink the others, and that prompt fails once, without retries. A request
+  that finally fails raises `RequestFailed` with its reason; nothing is dropped silently.
+- Answers are committed to the cache as each call returns, before callers see them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from backends.chat_template import get_chat_template
+from backends.errors import BackendError, GpoError, RateLimited, RequestTimeout
+from backends.protocol import Backend, Capabilities, Completion, Message, Request, SamplingParams
+from engine.cache import ResponseCache
+from engine.ledger import Ledger
+from engine.rate_limits import AdaptiveWindow, RequestRateLimiter, TokenBucket
+from engine.request_key import request_key
+
+logger = logging.getLogger(__name__)
+
+
+class Priority(IntEnum):
+    """Lower values are served first."""
+
+    OPTIMIZER = 0
+    FOLLOW_UP = 10
+    SCORING = 20
+
+
+class RequestFailed(GpoError):
+    """A request that could not be answered: retries exhausted or an error retrying cannot fix."""
+
+    def __init__(self, reason: str, kind: str, attempts: int) -> None:
+        super().__init__(f"request failed after {attempts} attempt(s): {reason}")
+        self.reason = reason
+        self.kind = kind
+        self.attempts = attempts
+
+
+class BudgetExhausted(GpoError):
+    """The run's dollar or token budget is spent; no new request is sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Scheduling policy. `None` sizes derive from the backend's capabilities."""
+
+    max_concurrency: int | None = None
+    min_concurrency: int = 1
+    adaptive_concurrency: bool = True
+    max_batch_size: int = 32
+    prompt_lists: bool = True
+    chat_template: str | None = None
+    max_retries: int = 8
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 60.0
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    rate_window_s: float = 60.0
+    budget_usd: float | None = None
+    budget_tokens: int | None = None
+    max_pending: int = 4096
+    seed: int = 0
+
+    def window_for(self, capabilities: Capabilities) -> int:
+        if self.max_concurrency is not None:
+            return max(1, self.max_concurrency)
+        known = capabilities.max_concurrency
+        if known is None:
+            return 64
+        # Keep the server's waiting queue non-empty: a prompt-list call holds its slots until its
+        # longest sequence ends, so some headroom above max_num_seqs keeps the batch full.
+        return known if known <= 2 else known + known // 2 + self.max_batch_size
+
+
+class _Item:
+    """One queued request and the future its callers wait on."""
+
+    __slots__ = ("attempts", "future", "key", "phase", "priority", "prompt", "request", "solo")
+
+    def __init__(
+        self,
+        request: Request,
+        key: bytes | None,
+        prompt: str | None,
+        future: asyncio.Future[Completion],
+        priority: int,
+        phase: str,
+    ) -> None:
+        self.request = request
+        self.key = key
+        self.prompt = prompt
+        self.future = future
+        self.priority = priority
+        self.phase = phase
+        self.attempts = 0
+        self.solo = False
+
+
+_QueueKey = tuple[int, SamplingParams, bool]
+
+
+class Engine:
+    """Answers requests through one backend under one scheduling policy."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        config: EngineConfig | None = None,
+        *,
+        cache: ResponseCache | None = None,
+        ledger: Ledger | None = None,
+        owns_backend: bool = True,
+    ) -> None:
+        self.backend = backend
+        self.config = config or EngineConfig()
+        self.cache = cache
+        self.ledger = ledger or Ledger()
+        self._owns_backend = owns_backend
+        capabilities = backend.capabilities
+        self.capabilities = capabilities
+        self.window = AdaptiveWindow(
+            self.config.window_for(capabilities),
+            self.config.min_concurrency,
+            self.config.adaptive_concurrency,
+        )
+        self._use_lists = (
+            self.config.prompt_lists and capabilities.prompt_lists and capabilities.completions
+        )
+        self._render: Callable[[Sequence[Message]], str] | None = None
+        if self.config.chat_template and self._use_lists:
+            self._render = get_chat_template(self.config.chat_template)
+        self._identity = backend.identity
+        self._model = backend.model
+        self._rpm = (
+            RequestRateLimiter(self.config.requests_per_minute, self.config.rate_window_s)
+            if self.config.requests_per_minute
+            else None
+        )
+        self._tpm = (
+            TokenBucket(self.config.tokens_per_minute, self.config.rate_window_s)
+            if self.config.tokens_per_minute
+            else None
+        )
+        self._queues: dict[_QueueKey, deque[_Item]] = {}
+        self._queued = 0
+        self._in_flight = 0
+        self._in_flight_by_key: dict[bytes, asyncio.Future[Completion]] = {}
+        self._wakeup: asyncio.Event | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._calls: set[asyncio.Task[None]] = set()
+        self._paused_until = 0.0
+        self._random = random.Random(self.config.seed)
+        self._closed = False
+        self.http_calls = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Engine:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        if self._dispatcher is None:
+            self._wakeup = asyncio.Event()
+            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch_loop())
+
+    async def close(self) -> None:
+        """Stop dispatching, fail what is still queued, wait for calls in flight, close."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+        for queue in self._queues.values():
+            for item in queue:
+                self._fail(item, "the engine was closed before this request was sent", "closed")
+        self._queues.clear()
+        self._queued = 0
+        if self._calls:
+            await asyncio.gather(*self._calls, return_exceptions=True)
+        self.ledger.stop_clock()
+        if self._owns_backend:
+            await self.backend.close()
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def budget_exhausted(self) -> str | None:
+        """Why no new request may be sent, or None while the budget allows it."""
+        config = self.config
+        if config.budget_tokens is not None and self.ledger.spent_tokens >= config.budget_tokens:
+            return f"token budget of {config.budget_tokens} spent"
+        if config.budget_usd is not None and self.ledger.spent_usd() >= config.budget_usd:
+            return f"dollar budget of ${config.budget_usd:g} spent"
+        return None
+
+    async def generate(
+        self,
+        request: Request,
+        *,
+        priority: int = Priority.SCORING,
+        phase: str = "scoring",
+    ) -> Completion:
+        """The answer to `request`; raises `RequestFailed` or `BudgetExhausted`."""
+        key = request_key(self._identity, request)
+        if key is not None:
+            if self.cache is not None:
+                hit = self.cache.get(key)
+                if hit is not None:
+                    self.ledger.record_hit(
+                        self._model, phase, hit.prompt_tokens, hit.completion_tokens
+                    )
+                    return hit
+            shared = self._in_flight_by_key.get(key)
+            if shared is not None and not shared.cancelled():
+                self.ledger.record_dedup(self._model, phase)
+                return await asyncio.shield(shared)
+        if self._closed:
+            raise RequestFailed("the engine is closed", "closed", 0)
+        if self.config.budget_usd is not None or self.config.budget_tokens is not None:
+            reason = self.budget_exhausted()
+            if reason is not None:
+                raise BudgetExhausted(reason)
+        if self._dispatcher is None:
+            self.start()
+        future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
+        prompt = request.prompt
+        if request.messages is not None and self._render is not None:
+            prompt = self._render(request.messages)
+        item = _Item(request, key, prompt, future, int(priority), phase)
+        if key is not None:
+            self._in_flight_by_key[key] = future
+        self._enqueue(item)
+        return await future
+
+    async def generate_many(
+        self,
+        requests: Iterable[Request],
+        *,
+        priority: int = Priority.SCORING,
+        phase: str = "scoring",
+    ) -> list[Completion | RequestFailed]:
+        """Answers in input order; a failed request's slot holds its `RequestFailed`.
+
+        At most `max_pending` requests are awaited at once, so a million requests never become a
+        million coroutines.
+        """
+        materialised = list(requests)
+        results: list[Completion | RequestFailed | None] = [None] * len(materialised)
+        feed = iter(enumerate(materialised))
+
+        async def worker() -> None:
+            for index, request in feed:
+                try:
+                    results[index] = await self.generate(request, priority=priority, phase=phase)
+                except RequestFailed as failure:
+                    results[index] = failure
+
+        workers = min(self.config.max_pending, len(materialised))
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        return results  # type: ignore[return-value]
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    # -- scheduling ----------------------------------------------------------------------------
+
+    def _enqueue(self, item: _Item) -> None:
+        params = item.request.params
+        batchable = item.prompt is not None and self._use_lists and not item.solo
+        queue_key = (item.priority, params, batchable)
+        queue = self._queues.get(queue_key)
+        if queue is None:
+            queue = self._queues[queue_key] = deque()
+        queue.append(item)
+        self._queued += 1
+        assert self._wakeup is not None
+        self._wakeup.set()
+
+    def _next_queue(self) -> tuple[_QueueKey, deque[_Item]] | None:
+        best: tuple[_QueueKey, deque[_Item]] | None = None
+        for queue_key, queue in self._queues.items():
+            if queue and (best is None or queue_key[0] < best[0][0]):
+                best = (queue_key, queue)
+        return best
+
+    async def _dispatch_loop(self) -> None:
+        assert self._wakeup is not None
+        wakeup = self._wakeup
+        loop = asyncio.get_running_loop()
+        while True:
+            await wakeup.wait()
+            wakeup.clear()
+            while self._queued and self._in_flight < self.window.size:
+                pause = self._paused_until - loop.time()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                    continue
+                chosen = self._next_queue()
+                if chosen is None:
+                    break
+                (_, params, batchable), queue = chosen
+                room = self.window.size - self._in_flight
+                take = min(room, self.config.max_batch_size, len(queue)) if batchable else 1
+                items = [queue.popleft() for _ in range(max(1, take))]
+                self._queued -= len(items)
+                if not queue:
+                    del self._queues[chosen[0]]
+                if self.config.budget_usd is not None or self.config.budget_tokens is not None:
+                    reason = self.budget_exhausted()
+                    if reason is not None:
+                        for item in items:
+                            self._fail_with(item, BudgetExhausted(reason))
+                        continue
+                self._in_flight += len(items)
+                if self._rpm is not None:
+                    await self._rpm.acquire()
+                if self._tpm is not None:
+                    await self._tpm.acquire(self._estimate_tokens(items, params))
+                call = loop.create_task(self._send(items, params))
+                self._calls.add(call)
+                call.add_done_callback(self._calls.discard)
+
+    def _estimate_tokens(self, items: Sequence[_Item], params: SamplingParams) -> float:
+        total = 0.0
+        for item in items:
+            if item.prompt is not None:
+                chars = len(item.prompt)
+            else:
+                chars = sum(len(content) + 8 for _, content in item.request.messages or ())
+            total += chars / 4 + params.max_tokens * params.n
+        return total
+
+    async def _call_backend(
+        self, items: Sequence[_Item], params: SamplingParams
+    ) -> list[Completion]:
+        backend = self.backend
+        if params.n > 1 and not self.capabilities.multiple_choices:
+            return await self._call_one_choice_at_a_time(items, params)
+        if items[0].prompt is not None:
+            return await backend.complete([item.prompt for item in items], params)  # type: ignore[misc]
+        return [await backend.chat(items[0].request.messages or (), params)]
+
+    async def _call_one_choice_at_a_time(
+        self, items: Sequence[_Item], params: SamplingParams
+    ) -> list[Completion]:
+        """For endpoints that ignore `n`: n calls of one choice each, merged."""
+        merged: list[Completion] = []
+        for item in items:
+            texts: list[str] = []
+            reasons: list[str] = []
+            prompt_tokens = completion_tokens = 0
+            for choice in range(params.n):
+                seed = None if params.seed is None else params.seed + choice
+                single = SamplingParams(
+                    params.max_tokens, params.temperature, params.top_p, 1, params.stop, seed
+                )
+                if item.prompt is not None:
+                    (answer,) = await self.backend.complete([item.prompt], single)
+                else:
+                    answer = await self.backend.chat(item.request.messages or (), single)
+                texts.append(answer.text)
+                reasons.extend(answer.finish_reasons)
+                prompt_tokens += answer.prompt_tokens
+                completion_tokens += answer.completion_tokens
+            merged.append(
+                Completion(tuple(texts), prompt_tokens, completion_tokens, tuple(reasons))
+            )
+        return merged
+
+    async def _send(self, items: list[_Item], params: SamplingParams) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            completions = await self._call_backend(items, params)
+        except BackendError as error:
+            self._in_flight -= len(items)
+            self._on_error(items, error)
+            self._wake()
+            return
+        except asyncio.CancelledError:
+            self._in_flight -= len(items)
+            for item in items:
+                self._fail(item, "cancelled while in flight", "cancelled")
+            raise
+        except Exception as error:  # a bug or an unexpected library error: never hang callers
+            self._in_flight -= len(items)
+            logger.exception("unexpected error while sending %d request(s)", len(items))
+            for item in items:
+                self._fail(item, f"unexpected {type(error).__name__}: {error}", "internal")
+            self._wake()
+            return
+        latency = loop.time() - started
+        self._in_flight -= len(items)
+        self.http_calls += 1
+        self.window.on_success(len(items))
+        ledger = self.ledger
+        model = self._model
+        ledger.record_call(model, items[0].phase, latency)
+        if self.cache is not None:
+            entries = [
+                (item.key, completion)
+                for item, completion in zip(items, completions, strict=True)
+                if item.key is not None
+            ]
+            try:
+                self.cache.put_many(entries)
+            except Exception:  # the answers are still good; losing the cache must not lose them
+                logger.exception("could not write %d answers to the cache", len(entries))
+        by_key = self._in_flight_by_key
+        for item, completion in zip(items, completions, strict=True):
+            ledger.record_answer(
+                model, item.phase, completion.prompt_tokens, completion.completion_tokens
+            )
+            if item.key is not None:
+                by_key.pop(item.key, None)
+            if not item.future.done():
+                item.future.set_result(completion)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    # -- failures ------------------------------------------------------------------------------
+
+    def _on_error(self, items: list[_Item], error: BackendError) -> None:
+        if not error.retryable:
+            if len(items) > 1:
+                # One invalid prompt makes the whole list call fail: resend each on its own so
+                # that only the bad one fails.
+                for item in items:
+                    item.solo = True
+                    self._enqueue(item)
+                return
+            for item in items:
+                self._fail(item, str(error), error.kind)
+            return
+        congested = isinstance(error, RateLimited | RequestTimeout)
+        if congested:
+            self.window.on_congestion()
+        delay = self._backoff(max(item.attempts for item in items))
+        if isinstance(error, RateLimited) and error.retry_after is not None:
+            delay = max(delay, error.retry_after)
+            loop = asyncio.get_running_loop()
+            self._paused_until = max(self._paused_until, loop.time() + error.retry_after)
+        if isinstance(error, RateLimited) and self._tpm is not None:
+            self._tpm.give_back(self._estimate_tokens(items, items[0].request.params))
+        retry: list[_Item] = []
+        for item in items:
+            item.attempts += 1
+            if item.attempts > self.config.max_retries:
+                self._fail(item, f"{error} (gave up after {item.attempts} attempts)", error.kind)
+            else:
+                self.ledger.record_retry(self._model, item.phase, isinstance(error, RateLimited))
+                retry.append(item)
+        if retry:
+            logger.debug("retrying %d request(s) in %.2f s after: %s", len(retry), delay, error)
+            asyncio.get_running_loop().call_later(delay, self._requeue, retry)
+
+    def _requeue(self, items: list[_Item]) -> None:
+        if self._closed:
+            for item in items:
+                self._fail(
+                    item, "the engine was closed while this request waited to retry", "closed"
+                )
+            return
+        for item in items:
+            self._enqueue(item)
+
+    def _backoff(self, attempts: int) -> float:
+        """Exponential backoff with jitter: uniform in [c/2, c], c = min(max, base * 2**attempts).
+
+        Jitter spreads the retries of a burst of failed calls; the lower half is cut off so that
+        a retry never comes back almost at once to a server that just failed.
+        """
+        ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * (2**attempts))
+        return self._random.uniform(ceiling / 2, ceiling)
+
+    def _fail(self, item: _Item, reason: str, kind: str) -> None:
+        self._fail_with(item, RequestFailed(reason, kind, item.attempts + 1))
+
+    def _fail_with(self, item: _Item, error: GpoError) -> None:
+        kind = error.kind if isinstance(error, RequestFailed) else "budget"
+        self.ledger.record_failure(self._model, item.phase, kind)
+        if item.key is not None:
+            self._in_flight_by_key.pop(item.key, None)
+        if not item.future.done():
+            item.future.set_exception(error)
+            # Mark retrieved: a caller that was cancelled must not log "exception never retrieved".
+            item.future.exception()
+
+    def describe(self) -> dict[str, Any]:
+        """The policy in effect, for run directories and logs (no credentials)."""
+        return {
+            "endpoint": self._identity,
+            "window": self.window.maximum,
+            "prompt_lists": self._use_lists,
+            "chat_template": self.config.chat_template if self._render else None,
+            "max_batch_size": self.config.max_batch_size,
+            "requests_per_minute": self.config.requests_per_minute,
+            "tokens_per_minute": self.config.tokens_per_minute,
+        }

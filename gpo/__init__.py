@@ -1,0 +1,1 @@
+"""GPO, the gradient-inspired prompt optimizer, and its baselines, composed on the engine."""
