@@ -484,7 +484,7 @@ class Engine:
         for item in items:
             item.attempts += 1
             if item.attempts > self.config.max_retries:
-                self._fail(item, f"{error} (gave up after {item.attempts} attempts)", error.kind)
+                self._fail_with(item, RequestFailed(str(error), error.kind, item.attempts))
             else:
                 self.ledger.record_retry(self._model, item.phase, isinstance(error, RateLimited))
                 retry.append(item)
