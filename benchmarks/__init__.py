@@ -1,4 +1,4 @@
-"""The paper's benchmarks as pure functions and values: data, prompt layout, answer parsing, metrics.
+"""The paper's benchmarks as pure functions and values: data, layout, answer parsing, metrics.
 
 Nothing here touches the network (except `download`, which fetches public datasets on request);
 everything else reads data files and computes. The engine and the optimizer import from here:

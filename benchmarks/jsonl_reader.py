@@ -7,6 +7,8 @@ references (WebNLG, which also carries an "id"). Blank lines are skipped.
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,28 +27,28 @@ def read_split_file(path: Path, split: str) -> tuple[Sample, ...]:
     except OSError as exc:
         raise DataError(f"cannot read split file: {exc.strerror}", path=str(path)) from None
 
-    samples: list[Sample] = []
-    seen_ids: dict[str, int] = {}
+    indexed: list[tuple[int, Sample]] = []
     for index, line in enumerate(raw.splitlines()):
-        line_number = index + 1
         if not line.strip():
             continue
         try:
             record = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            raise DataError(f"malformed JSON: {exc}", path=str(path), line=line_number) from None
-        sample = _sample_from_record(record, f"{split}-{index}", path, line_number)
-        if sample.id in seen_ids:
-            raise DataError(
-                f"duplicate id {sample.id!r} (first on line {seen_ids[sample.id]})",
-                path=str(path),
-                line=line_number,
-            )
-        seen_ids[sample.id] = line_number
-        samples.append(sample)
-    if not samples:
+            raise DataError(f"malformed JSON: {exc}", path=str(path), line=index + 1) from None
+        indexed.append((index, _sample_from_record(record, f"{split}-{index}", path, index + 1)))
+    if not indexed:
         raise DataError("split file holds no records", path=str(path))
-    return tuple(samples)
+    return _with_unique_ids(indexed, split)
+
+
+def _with_unique_ids(indexed: list[tuple[int, Sample]], split: str) -> tuple[Sample, ...]:
+    """Ids are keys downstream, so an id the file repeats (WebNLG's "id" is unique only within a
+    category) becomes "<id>@<split>-<line index>" on every record that shares it."""
+    counts = Counter(sample.id for _, sample in indexed)
+    return tuple(
+        sample if counts[sample.id] == 1 else replace(sample, id=f"{sample.id}@{split}-{index}")
+        for index, sample in indexed
+    )
 
 
 def _sample_from_record(record: Any, default_id: str, path: Path, line: int) -> Sample:

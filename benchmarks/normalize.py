@@ -11,8 +11,8 @@ text before ` is the correct/right/final answer`. Then, per type:
   one class each; a lone `1`/`0` means true/false; "not" before the word flips it). The word is
   the whole answer, else its first token, else the last boolean word in the text.
 - numeric: number words one..twelve become digits; the text after the last `=`; `$ , % € £ :`
-  removed; the first token holding a digit if an answer cue was found, else the last; the number
-  at its start (trailing letters dropped), rounded half-to-even to an integer string.
+  removed; the first token holding a digit if an answer cue was found, else the last; the first
+  number in that token (so trailing letters drop), rounded half-to-even to an integer string.
 - dyck: the last run of closing brackets, one space between brackets.
 - word sorting: the word list after the last colon, list markers and punctuation dropped.
 - exact text: the normalised text without trailing punctuation.
@@ -76,7 +76,7 @@ _CLOSING_RUN = re.compile(r"[)\]}>](?:\s*[)\]}>])*")
 _WHITESPACE = re.compile(r"\s+")
 
 _WORD_SEPARATORS = re.compile(r"[\s,;]+")
-_WORD_EDGE_PUNCTUATION = ".;:!?\"()[]{}*`_"
+_WORD_EDGE_PUNCTUATION = '.;:!?"()[]{}*`_'
 _LIST_MARKER = re.compile(r"(?:\d+[.)]?|[-•*])")
 
 

@@ -1,0 +1,125 @@
+"""Score a scorer's answer against a sample's gold answer: parse, then compare.
+
+Accuracy is exact match after the answer type's parser (see `normalize`) has been applied to
+both the answer and the gold target, so the gold target fed back as an answer always scores 1.
+Boolean answers compare by class (yes = valid = true). ROUGE-L F (stemmed) is the metric for free
+text; with several references it is averaged over them as the paper does ("mean"), or their best
+("max"). ROUGE-L can also be asked of any other task (the paper reports it for WSC): the
+reference is then the gold option's text for multiple choice, else the target.
+
+Scoring runs for hundreds of thousands of answers, so regexes are compiled once, gold targets are
+normalised once per distinct target, and one ROUGE scorer is shared.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import cache, lru_cache
+
+from rouge_score import rouge_scorer
+
+from benchmarks.answer_types import AnswerType, BooleanVocabulary, Metric
+from benchmarks.normalize import (
+    parse_boolean,
+    parse_dyck,
+    parse_exact_text,
+    parse_multiple_choice,
+    parse_number,
+    parse_word_list,
+    strip_answer_cues,
+)
+from benchmarks.sample import Sample
+from benchmarks.task import Task
+
+
+def extract_answer(task: Task, text: str) -> str:
+    """The answer `text` gives, normalised the way `score_answer` compares it."""
+    spec = task.answer_spec
+    return _parse(spec.answer_type, spec.vocabulary, text)
+
+
+def score_answer(task: Task, sample: Sample, text: str) -> float:
+    """The score in [0, 1] of answer `text` to `sample` under the task's metric."""
+    spec = task.answer_spec
+    if task.metric is Metric.ROUGE_L:
+        prediction = (
+            text if spec.answer_type is AnswerType.FREE_TEXT else strip_answer_cues(text)[0]
+        )
+        return rouge_l(prediction, rouge_references(task, sample), task.rouge_reduction)
+    if spec.answer_type is AnswerType.FREE_TEXT:
+        answer = parse_exact_text(text)
+        golds = {_normalized_target(AnswerType.EXACT_TEXT, None, ref) for ref in _refs(sample)}
+        return 1.0 if answer in golds else 0.0
+    gold = _normalized_target(spec.answer_type, spec.vocabulary, sample.target)
+    if gold:
+        answer = _parse(spec.answer_type, spec.vocabulary, text)
+    else:
+        # A gold label the type's parser cannot read (a malformed label): compare as text.
+        gold = _normalized_target(AnswerType.EXACT_TEXT, None, sample.target)
+        answer = parse_exact_text(text)
+    return 1.0 if answer == gold else 0.0
+
+
+def rouge_l(prediction: str, references: Sequence[str], reduction: str = "mean") -> float:
+    """ROUGE-L F of `prediction` against each reference, averaged ("mean") or best ("max")."""
+    if not references:
+        return 0.0
+    scorer = _rouge_scorer()
+    scores = [scorer.score(reference, prediction)["rougeL"].fmeasure for reference in references]
+    return max(scores) if reduction == "max" else sum(scores) / len(scores)
+
+
+def rouge_references(task: Task, sample: Sample) -> tuple[str, ...]:
+    """What ROUGE-L compares an answer with: the references, or the gold option's text."""
+    if sample.references:
+        return sample.references
+    if task.answer_type is AnswerType.MULTIPLE_CHOICE:
+        option_text = gold_option_text(sample)
+        if option_text:
+            return (option_text,)
+    return (sample.target,)
+
+
+def gold_option_text(sample: Sample) -> str | None:
+    """The text of the option the target names ("Ovid" for target "(B)" and line "(B) Ovid")."""
+    match = _OPTION_TARGET.fullmatch(sample.target.strip())
+    if match is None:
+        return None
+    line = re.search(rf"^\s*\({match.group(1)}\)\s*(.+)$", sample.input, re.MULTILINE)
+    return line.group(1).strip() if line else None
+
+
+_OPTION_TARGET = re.compile(r"\(([A-Za-z])\)")
+
+
+def _parse(answer_type: AnswerType, vocabulary: BooleanVocabulary | None, text: str) -> str:
+    if answer_type is AnswerType.MULTIPLE_CHOICE:
+        return parse_multiple_choice(text)
+    if answer_type is AnswerType.BOOLEAN:
+        return parse_boolean(text, vocabulary)
+    if answer_type is AnswerType.NUMERIC:
+        return parse_number(text)
+    if answer_type is AnswerType.DYCK:
+        return parse_dyck(text)
+    if answer_type is AnswerType.WORD_SORTING:
+        return parse_word_list(text)
+    if answer_type is AnswerType.FREE_TEXT:
+        return text.strip()
+    return parse_exact_text(text)
+
+
+@lru_cache(maxsize=1 << 16)
+def _normalized_target(
+    answer_type: AnswerType, vocabulary: BooleanVocabulary | None, target: str
+) -> str:
+    return _parse(answer_type, vocabulary, target)
+
+
+def _refs(sample: Sample) -> tuple[str, ...]:
+    return sample.references or (sample.target,)
+
+
+@cache
+def _rouge_scorer() -> rouge_scorer.RougeScorer:
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)

@@ -1,0 +1,207 @@
+"""The evaluator: score many prompts on a task's split in one call, through the engine.
+
+Every (prompt, sample) pair is a scoring chain: the first turn laid out by `benchmarks`, then for
+chat scorers the answer-pinning second turn, submitted the moment the first returns, at
+`Priority.FOLLOW_UP` so that open chains finish before new ones start. All chains of all prompts
+run at once under the engine's one window; a bounded number of chains are active at a time, so
+memory stays flat however many prompts and samples are asked for. A chain whose request fails
+is recorded as failed with its reason and left out of the prompt's mean, never silently scored 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from backends.protocol import Message, Request, SamplingParams
+from benchmarks import PromptLayout, Sample, Task, answer_turn, build_prompt, extract_answer
+from benchmarks import score_answer as score_text
+from engine.engine import BudgetExhausted, Engine, Priority, RequestFailed
+
+FIRST_TURN_PARAMS = SamplingParams(max_tokens=256)
+FOLLOW_UP_PARAMS = SamplingParams(max_tokens=100)
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRecord:
+    """One prompt scored on one sample."""
+
+    task: str
+    split: str
+    prompt_index: int
+    prompt: str
+    sample_id: str
+    answers: tuple[str, ...]
+    parsed: str
+    gold: str
+    score: float
+    failure: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "task": self.task,
+            "split": self.split,
+            "prompt_index": self.prompt_index,
+            "prompt": self.prompt,
+            "sample_id": self.sample_id,
+            "answers": list(self.answers),
+            "parsed": self.parsed,
+            "gold": self.gold,
+            "score": self.score,
+            "failure": self.failure,
+        }
+
+
+@dataclass(slots=True)
+class EvaluationResult:
+    """Scores of `prompts` on one split: a prompts x samples matrix (NaN where a chain failed)."""
+
+    task: str
+    split: str
+    prompts: tuple[str, ...]
+    scores: np.ndarray
+    records: list[SampleRecord] = field(default_factory=list)
+    stopped_by_budget: str | None = None
+
+    @property
+    def mean_scores(self) -> np.ndarray:
+        """Per-prompt mean over the samples that were scored (0.0 when none was)."""
+        answered = ~np.isnan(self.scores)
+        counts = answered.sum(axis=1)
+        sums = np.where(answered, self.scores, 0.0).sum(axis=1)
+        return np.divide(sums, counts, out=np.zeros(len(self.prompts)), where=counts > 0)
+
+    @property
+    def failures(self) -> int:
+        return int(np.isnan(self.scores).sum())
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluatorSettings:
+    layout: PromptLayout = field(default_factory=PromptLayout)
+    first_turn: SamplingParams = FIRST_TURN_PARAMS
+    follow_up: SamplingParams = FOLLOW_UP_PARAMS
+    phase: str = "scoring"
+
+
+class Evaluator:
+    """Scores prompts on tasks through one engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: EvaluatorSettings | None = None,
+        *,
+        max_active_chains: int | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings or EvaluatorSettings()
+        self.max_active_chains = max_active_chains or max(64, min(4096, engine.window.maximum * 4))
+
+    async def evaluate(
+        self,
+        task: Task,
+        prompts: Sequence[str],
+        split: str = "eval",
+        *,
+        limit: int | None = None,
+        on_record: Callable[[SampleRecord], None] | None = None,
+    ) -> EvaluationResult:
+        """Score every prompt on every sample of `split` (the first `limit` samples if given)."""
+        samples = task.split(split)
+        if limit is not None:
+            samples = samples[:limit]
+        layout = self.settings.layout
+        demonstrations = task.split("few_shot_examples") if layout.shots else ()
+        scores = np.full((len(prompts), len(samples)), np.nan)
+        result = EvaluationResult(task.name, split, tuple(prompts), scores)
+        pairs = iter([(p, s) for p in range(len(prompts)) for s in range(len(samples))])
+
+        async def chain_worker() -> None:
+            for prompt_index, sample_index in pairs:
+                if result.stopped_by_budget is not None:
+                    return
+                record = await self._score_one(
+                    task,
+                    split,
+                    prompt_index,
+                    prompts[prompt_index],
+                    samples[sample_index],
+                    demonstrations,
+                    result,
+                )
+                if record.failure is None:
+                    scores[prompt_index, sample_index] = record.score
+                result.records.append(record)
+                if on_record is not None:
+                    on_record(record)
+
+        workers = min(self.max_active_chains, len(prompts) * len(samples))
+        await asyncio.gather(*(chain_worker() for _ in range(workers)))
+        return result
+
+    async def _score_one(
+        self,
+        task: Task,
+        split: str,
+        prompt_index: int,
+        prompt: str,
+        sample: Sample,
+        demonstrations: Sequence[Sample],
+        result: EvaluationResult,
+    ) -> SampleRecord:
+        settings = self.settings
+        first = build_prompt(prompt, sample, settings.layout, demonstrations)
+        answers: list[str] = []
+        try:
+            if isinstance(first, str):
+                request = Request(prompt=first, params=settings.first_turn)
+            else:
+                request = Request(messages=first, params=settings.first_turn)
+            answer = await self.engine.generate(
+                request, priority=Priority.SCORING, phase=settings.phase
+            )
+            answers.append(answer.text)
+            follow_up = answer_turn(task, sample) if not isinstance(first, str) else None
+            if follow_up is not None:
+                conversation: tuple[Message, ...] = (
+                    *first,  # type: ignore[misc]
+                    ("assistant", answer.text),
+                    ("user", follow_up),
+                )
+                second = await self.engine.generate(
+                    Request(messages=conversation, params=settings.follow_up),
+                    priority=Priority.FOLLOW_UP,
+                    phase=settings.phase,
+                )
+                answers.append(second.text)
+        except (RequestFailed, BudgetExhausted) as error:
+            if isinstance(error, BudgetExhausted):
+                result.stopped_by_budget = str(error)
+            return SampleRecord(
+                task.name,
+                split,
+                prompt_index,
+                prompt,
+                sample.id,
+                tuple(answers),
+                "",
+                sample.target,
+                0.0,
+                failure=str(error),
+            )
+        final = answers[-1]
+        return SampleRecord(
+            task.name,
+            split,
+            prompt_index,
+            prompt,
+            sample.id,
+            tuple(answers),
+            extract_answer(task, final),
+            sample.target,
+            score_text(task, sample, final),
+        )

@@ -1,0 +1,230 @@
+"""`gpo eval`: score prompts on tasks and splits against any configured scorer endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from backends.errors import ConfigError, DataError
+from backends.protocol import SamplingParams
+from benchmarks import (
+    PromptLayout,
+    list_task_names,
+    load_reference_prompts,
+    load_task,
+    resolve_task_names,
+)
+from benchmarks.layout import POSITIONS
+from engine.evaluator import EvaluatorSettings
+from engine.event_loop import run as run_async
+from gpo.endpoints import add_endpoint_arguments, add_shared_arguments, open_engines
+from gpo.eval_job import EvalJob, ensure_writable_dir, run_eval_job
+
+DEFAULT_PROMPT = "Let's think step by step."
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="score prompts on tasks",
+        description="Score one or more prompts on benchmark tasks. Without an endpoint, the "
+        "embedded local model is started and used.",
+    )
+    parser.add_argument(
+        "--task",
+        action="append",
+        metavar="NAME",
+        help="task or group (bbh/navigate, bbh, mmlu, lite-bbh, gsm8k...); repeat",
+    )
+    parser.add_argument("--list-tasks", action="store_true", help="print every task name and exit")
+    parser.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt; repeat")
+    parser.add_argument(
+        "--prompts-file",
+        type=Path,
+        metavar="PATH",
+        help='prompts: a .jsonl of {"prompt"} (with optional "dataset"/'
+        '"task" to bind a prompt to a task) or a text file, one per line',
+    )
+    parser.add_argument(
+        "--reference-prompts",
+        action="store_true",
+        help="score each task with the reference run's final prompt",
+    )
+    parser.add_argument(
+        "--split",
+        action="append",
+        choices=["train", "eval", "test"],
+        help="split(s) to score (default test)",
+    )
+    parser.add_argument("--limit", type=int, metavar="N", help="first N samples of each split")
+    parser.add_argument("--data-dir", metavar="PATH", help="benchmark data folder")
+    parser.add_argument(
+        "--out", type=Path, metavar="DIR", help="output folder (default runs/eval-TIMESTAMP)"
+    )
+    parser.add_argument(
+        "--position",
+        choices=POSITIONS,
+        default="Q_end",
+        help="where the instruction goes (default Q_end)",
+    )
+    parser.add_argument("--qa-markers", action="store_true", help="write Q:/A: markers")
+    parser.add_argument(
+        "--completion",
+        action="store_true",
+        help="plain completion scorer (no chat turns, parsed from one answer)",
+    )
+    parser.add_argument("--shots", type=int, default=0, metavar="K", help="k-shot demonstrations")
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=256,
+        metavar="N",
+        help="first-turn max new tokens (default 256)",
+    )
+    parser.add_argument(
+        "--follow-up-max-tokens",
+        type=int,
+        default=100,
+        metavar="N",
+        help="answer-pinning turn max new tokens (default 100)",
+    )
+    add_endpoint_arguments(parser, "scorer")
+    add_shared_arguments(parser)
+
+
+def _prompts_from_file(path: Path, tasks: list[str]) -> dict[str, list[str]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise ConfigError(f"--prompts-file: cannot read {path}: {error.strerror}") from None
+    by_task: dict[str, list[str]] = {task: [] for task in tasks}
+    shared: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if path.suffix != ".jsonl":
+            shared.append(line.strip())
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            raise DataError(f"malformed JSON: {error}", path=str(path), line=number) from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise DataError(
+                "expected an object with a string 'prompt'", path=str(path), line=number
+            )
+        dataset, task = record.get("dataset"), record.get("task")
+        if dataset:
+            name = f"{dataset}/{task}" if task else dataset
+            if name in by_task:
+                by_task[name].append(record["prompt"])
+        else:
+            shared.append(record["prompt"])
+    for name in by_task:
+        by_task[name] = shared + by_task[name]
+    return by_task
+
+
+def build_job(args: argparse.Namespace) -> EvalJob:
+    if not args.task:
+        raise ConfigError("--task: name at least one task or group (see --list-tasks)")
+    for flag, value in (("--limit", args.limit), ("--max-tokens", args.max_tokens)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{flag} must be a positive integer, got {value}")
+    tasks = resolve_task_names(args.task, args.data_dir)
+    prompts: dict[str, list[str]] = {task: list(args.prompt or []) for task in tasks}
+    if args.prompts_file is not None:
+        for task, extra in _prompts_from_file(args.prompts_file, tasks).items():
+            prompts[task].extend(extra)
+    if args.reference_prompts:
+        reference = load_reference_prompts(args.data_dir)
+        for task in tasks:
+            if task in reference:
+                prompts[task].append(reference[task])
+    for task in tasks:
+        if not prompts[task]:
+            prompts[task] = [DEFAULT_PROMPT]
+    layout = PromptLayout(args.position, args.qa_markers, not args.completion, args.shots)
+    settings = EvaluatorSettings(
+        layout=layout,
+        first_turn=SamplingParams(max_tokens=args.max_tokens),
+        follow_up=SamplingParams(max_tokens=args.follow_up_max_tokens),
+    )
+    return EvalJob(prompts, tuple(args.split or ["test"]), args.limit, args.data_dir, settings)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_tasks:
+        sys.stdout.write("\n".join(list_task_names(args.data_dir)) + "\n")
+        return 0
+    job = build_job(args)
+    out_dir = ensure_writable_dir(
+        args.out or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S"), "--out"
+    )
+    total = 0
+    for task, prompts in job.prompts_by_task.items():
+        loaded = load_task(task, job.data_dir)
+        for split in job.splits:
+            count = len(loaded.split(split))
+            total += len(prompts) * (min(count, job.limit) if job.limit else count)
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("scoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+    bar = progress.add_task("scoring", total=total)
+
+    async def main() -> dict[str, Any]:
+        async with open_engines(args, ["scorer"], out_dir) as engines:
+            return await run_eval_job(
+                job, engines["scorer"], out_dir, on_record=lambda _: progress.advance(bar)
+            )
+
+    with progress:
+        summary = run_async(main())
+    print_summary(summary, out_dir)
+    return 0
+
+
+def print_summary(summary: dict[str, Any], out_dir: Path) -> None:
+    console = Console()
+    table = Table(title="Scores (mean over scored samples)")
+    for column in ("task", "split", "prompt", "score", "failed"):
+        table.add_column(column, overflow="fold")
+    for row in summary["rows"]:
+        prompt = row["prompt"] if len(row["prompt"]) <= 60 else row["prompt"][:57] + "..."
+        table.add_row(
+            row["task"],
+            row["split"],
+            prompt or "(empty)",
+            f"{100 * row['score']:.2f}",
+            str(row["failed"]),
+        )
+    console.print(table)
+    for split, groups in summary["groups"].items():
+        if len(groups) > 1 or any(":" in g or g in ("bbh", "mmlu") for g in groups):
+            line = ", ".join(f"{g} {100 * s:.2f}" for g, s in groups.items())
+            console.print(f"[bold]{split} group averages:[/bold] {line}")
+    totals = summary["ledger"]["totals"]
+    console.print(
+        f"requests {totals['requests']} (cache hits {totals['cache_hits']}), "
+        f"tokens {totals['prompt_tokens']} prompt + {totals['completion_tokens']} completion, "
+        f"${totals['cost_usd']:.4f}, failures {summary['failures']}, "
+        f"wall {summary['ledger']['wall_time_s']:.1f} s"
+    )
+    if summary.get("stopped_by_budget"):
+        console.print(f"[yellow]stopped: {summary['stopped_by_budget']}[/yellow]")
+    console.print(f"records and summary in {out_dir}")

@@ -1,0 +1,110 @@
+"""The optimizer's configuration: every knob of the loop, one frozen value.
+
+A method (`gpo/methods.py`) is a named preset of these fields; every field can also be set on
+its own, which is how the paper's ablations are run. Validation names the flag to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from backends.errors import ConfigError
+from gpo.meta_prompts import (
+    POSITIONS,
+    SCORE_SCALES,
+    UPDATE_STYLES,
+    Position,
+    ScoreScale,
+    UpdateStyle,
+    check_choice,
+)
+from gpo.retrieval import RELEVANCE_ORDERS, Direction, RelevanceOrder, check_direction
+from gpo.schedules import WordBudgetSchedule
+
+COT_PROMPT = "Let's think step by step."
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizerConfig:
+    """Everything that decides what the optimization loop does (and nothing about endpoints)."""
+
+    method: str = "gpo"
+    initial_prompt: str = COT_PROMPT
+    optimize: bool = True
+    epochs: int = 3
+    batch_size: int = 8
+    steps: int | None = None
+    candidates: int = 8
+    direction: Direction = "relevance"
+    trajectory_k: int = 3
+    relevance_order: RelevanceOrder = "ascending"
+    reflection: bool = False
+    update: UpdateStyle = "generate"
+    schedule: WordBudgetSchedule = field(default_factory=WordBudgetSchedule)
+    format_examples: int = 3
+    score_scale: ScoreScale = "percent"
+    instruction_position: Position = "Q_end"
+    optimizer_temperature: float = 1.0
+    optimizer_max_tokens: int = 512
+    reflection_temperature: float = 0.0
+    seed: int = 0
+    train_size: int | None = None
+    dev_size: int | None = None
+    test_size: int | None = None
+    evaluate_test: bool = True
+    test_every_step: bool = False
+
+    def __post_init__(self) -> None:
+        check_direction(self.direction)
+        check_choice(self.update, UPDATE_STYLES, "--update", "update style")
+        check_choice(self.score_scale, SCORE_SCALES, "--score-scale", "score scale")
+        check_choice(
+            self.instruction_position, POSITIONS, "--instruction-position", "instruction position"
+        )
+        check_choice(self.relevance_order, RELEVANCE_ORDERS, "--relevance-order", "order")
+        positive = {
+            "--epochs": self.epochs,
+            "--batch-size": self.batch_size,
+            "--candidates": self.candidates,
+            "--trajectory-k": self.trajectory_k,
+            "--optimizer-max-tokens": self.optimizer_max_tokens,
+        }
+        for flag, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{flag} must be at least 1, got {value}")
+        optional_positive = {
+            "--steps": self.steps,
+            "--train-size": self.train_size,
+            "--dev-size": self.dev_size,
+            "--test-size": self.test_size,
+        }
+        for flag, value in optional_positive.items():
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} must be at least 1, got {value}")
+        if self.format_examples < 0:
+            raise ConfigError(f"--format-examples must be >= 0, got {self.format_examples}")
+        if self.optimizer_temperature < 0 or self.reflection_temperature < 0:
+            raise ConfigError(
+                "--optimizer-temperature and --reflection-temperature must be >= 0"
+            )
+
+    def replace(self, **changes: Any) -> OptimizerConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["schedule"] = dataclasses.asdict(self.schedule)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> OptimizerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown optimizer config keys: {', '.join(unknown)}")
+        values = dict(data)
+        if isinstance(values.get("schedule"), dict):
+            values["schedule"] = WordBudgetSchedule(**values["schedule"])
+        return cls(**values)

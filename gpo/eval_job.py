@@ -1,0 +1,130 @@
+"""An evaluation job: given prompts scored on tasks and splits, with outputs written as it goes.
+
+Writes `records.jsonl` (one line per prompt x sample, appended and flushed as each chain ends),
+`summary.json` (per task and prompt mean scores, failures, group averages as the paper reports
+them, the ledger) and returns the summary for the CLI to print.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import orjson
+
+from backends.errors import ConfigError
+from benchmarks import aggregate, load_task
+from engine.engine import Engine
+from engine.evaluator import EvaluationResult, Evaluator, EvaluatorSettings, SampleRecord
+
+
+@dataclass(frozen=True, slots=True)
+class EvalJob:
+    """What to evaluate. `prompts_by_task` maps each task to the prompts scored on it."""
+
+    prompts_by_task: Mapping[str, Sequence[str]]
+    splits: Sequence[str] = ("test",)
+    limit: int | None = None
+    data_dir: str | None = None
+    settings: EvaluatorSettings = field(default_factory=EvaluatorSettings)
+    tasks_at_once: int = 8
+
+
+def ensure_writable_dir(path: Path, flag: str) -> Path:
+    """Create `path` and prove it is writable before any paid work starts."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-check"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"{flag}: cannot write to {path}: {error.strerror or error}") from None
+    return path
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON through a temporary file and a rename, so a kill never leaves half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2))
+    os.replace(temporary, path)
+
+
+async def run_eval_job(
+    job: EvalJob,
+    engine: Engine,
+    out_dir: Path,
+    on_record: Callable[[SampleRecord], None] | None = None,
+) -> dict[str, Any]:
+    """Run the job through `engine`, writing records and summary into `out_dir`."""
+    tasks = {name: load_task(name, job.data_dir) for name in job.prompts_by_task}
+    evaluator = Evaluator(engine, job.settings)
+    records_file: BinaryIO
+    with (out_dir / "records.jsonl").open("ab") as records_file:
+
+        def record_written(record: SampleRecord) -> None:
+            records_file.write(orjson.dumps(record.to_json()) + b"\n")
+            if on_record is not None:
+                on_record(record)
+
+        gate = asyncio.Semaphore(job.tasks_at_once)
+
+        async def evaluate(name: str, split: str) -> EvaluationResult:
+            async with gate:
+                result = await evaluator.evaluate(
+                    tasks[name],
+                    list(job.prompts_by_task[name]),
+                    split,
+                    limit=job.limit,
+                    on_record=record_written,
+                )
+                records_file.flush()
+                return result
+
+        work = [(name, split) for name in job.prompts_by_task for split in job.splits]
+        results = await asyncio.gather(*(evaluate(name, split) for name, split in work))
+    summary = summarise(results, engine)
+    write_json_atomic(out_dir / "summary.json", summary)
+    return summary
+
+
+def summarise(results: Sequence[EvaluationResult], engine: Engine) -> dict[str, Any]:
+    rows = []
+    best_by_split: dict[str, dict[str, float]] = {}
+    for result in results:
+        means = result.mean_scores
+        answered = (~np.isnan(result.scores)).sum(axis=1)
+        for index, prompt in enumerate(result.prompts):
+            rows.append(
+                {
+                    "task": result.task,
+                    "split": result.split,
+                    "prompt_index": index,
+                    "prompt": prompt,
+                    "score": float(means[index]),
+                    "samples": int(result.scores.shape[1]),
+                    "answered": int(answered[index]),
+                    "failed": int(result.scores.shape[1] - answered[index]),
+                }
+            )
+        per_split = best_by_split.setdefault(result.split, {})
+        for index in range(len(result.prompts)):
+            key = result.task if len(result.prompts) == 1 else f"{result.task}#{index}"
+            per_split[key] = float(means[index])
+    groups = {
+        split: aggregate({k: v for k, v in scores.items() if "#" not in k})
+        for split, scores in best_by_split.items()
+    }
+    stopped = next((r.stopped_by_budget for r in results if r.stopped_by_budget), None)
+    return {
+        "rows": rows,
+        "groups": groups,
+        "failures": sum(r.failures for r in results),
+        "stopped_by_budget": stopped,
+        "engine": engine.describe(),
+        "ledger": engine.ledger.snapshot(),
+    }
