@@ -1,4 +1,4 @@
-"""A managed `vllm serve MODEL` subprocess: bound to 127.0.0.1, sized for the engine, stopped cleanly.
+"""A managed `vllm serve MODEL` subprocess: bound to 127.0.0.1, sized for the engine, stopped.
 
 The command is `vllm serve MODEL --host 127.0.0.1 --port P [the user's vLLM args]`. Once
 `/health` answers, the served model name and its context length are read from `/v1/models`.
@@ -169,17 +169,25 @@ def _first_gpu(gpus: Sequence[GpuInfo], selection: str | None) -> GpuInfo | None
 class ManagedVllmServer:
     """`vllm serve` for the length of a `with` block (async or sync).
 
+    `config` is a `VllmServeConfig`, or just the model name with `extra_args` for vLLM.
+    `gpus` describes the GPUs (for vLLM's default `max_num_seqs`); by default nvidia-smi is asked.
+
     After start: `url` (OpenAI base URL ending in `/v1`), `model_name` (as served),
     `max_num_seqs`, `max_model_len` (when reported) and `capabilities`.
     """
 
     def __init__(
         self,
-        config: VllmServeConfig,
+        config: VllmServeConfig | str,
         *,
+        extra_args: Sequence[str] = (),
         log_path: Path | str | None = None,
         gpus: Sequence[GpuInfo] | None = None,
     ) -> None:
+        if isinstance(config, str):
+            config = VllmServeConfig(model=config, extra_args=tuple(extra_args))
+        elif extra_args:
+            raise ConfigError("give vLLM args either in the VllmServeConfig or as extra_args")
         check_vllm_args(config.extra_args)
         self._config = config
         self._gpus = tuple(gpus) if gpus is not None else None

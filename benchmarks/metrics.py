@@ -16,8 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from functools import cache, lru_cache
-
-from rouge_score import rouge_scorer
+from typing import TYPE_CHECKING
 
 from benchmarks.answer_types import AnswerType, BooleanVocabulary, Metric
 from benchmarks.normalize import (
@@ -31,6 +30,11 @@ from benchmarks.normalize import (
 )
 from benchmarks.sample import Sample
 from benchmarks.task import Task
+
+if TYPE_CHECKING:
+    from rouge_score.rouge_scorer import RougeScorer
+
+_OPTION_TARGET = re.compile(r"\(([A-Za-z])\)")
 
 
 def extract_answer(task: Task, text: str) -> str:
@@ -90,9 +94,6 @@ def gold_option_text(sample: Sample) -> str | None:
     return line.group(1).strip() if line else None
 
 
-_OPTION_TARGET = re.compile(r"\(([A-Za-z])\)")
-
-
 def _parse(answer_type: AnswerType, vocabulary: BooleanVocabulary | None, text: str) -> str:
     if answer_type is AnswerType.MULTIPLE_CHOICE:
         return parse_multiple_choice(text)
@@ -121,5 +122,8 @@ def _refs(sample: Sample) -> tuple[str, ...]:
 
 
 @cache
-def _rouge_scorer() -> rouge_scorer.RougeScorer:
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+def _rouge_scorer() -> RougeScorer:
+    # Imported on first use: rouge_score pulls in nltk, which takes most of a second to import.
+    from rouge_score.rouge_scorer import RougeScorer
+
+    return RougeScorer(["rougeL"], use_stemmer=True)

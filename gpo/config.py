@@ -61,7 +61,7 @@ class OptimizerConfig:
         check_choice(self.update, UPDATE_STYLES, "--update", "update style")
         check_choice(self.score_scale, SCORE_SCALES, "--score-scale", "score scale")
         check_choice(
-            self.instruction_position, POSITIONS, "--instruction-position", "instruction position"
+            self.instruction_position, POSITIONS, "--position", "instruction position"
         )
         check_choice(self.relevance_order, RELEVANCE_ORDERS, "--relevance-order", "order")
         positive = {
@@ -86,9 +86,7 @@ class OptimizerConfig:
         if self.format_examples < 0:
             raise ConfigError(f"--format-examples must be >= 0, got {self.format_examples}")
         if self.optimizer_temperature < 0 or self.reflection_temperature < 0:
-            raise ConfigError(
-                "--optimizer-temperature and --reflection-temperature must be >= 0"
-            )
+            raise ConfigError("--optimizer-temperature and --reflection-temperature must be >= 0")
 
     def replace(self, **changes: Any) -> OptimizerConfig:
         return dataclasses.replace(self, **changes)

@@ -3,8 +3,8 @@
 The update meta-prompt is assembled in the order GPO.md lays out, with the reference code's
 wording and blank lines:
 
-    Your task is to write a prompt to replace <Prompt>.            (edit: "modify the current prompt")
-    <direction block>                                              (trajectory / summary / current)
+    Your task is to write a prompt to replace <Prompt>.     (edit: "modify the current prompt")
+    <direction block>                                       (trajectory / summary / current)
     The current prompt is:
     {current}
     [Below are the problems with this prompt. {problems}]          (reflection baselines)
@@ -89,7 +89,7 @@ def format_score(score: float, scale: ScoreScale) -> str:
 
 
 def position_phrase(position: Position) -> str:
-    check_choice(position, POSITIONS, "--instruction-position", "instruction position")
+    check_choice(position, POSITIONS, "--position", "instruction position")
     return _POSITION_PHRASES[position]
 
 
@@ -169,7 +169,9 @@ def render_update_prompt(
         instruction = act[0].upper() + act[1:]
 
     problem_block = (
-        f"Below are the problems with this prompt.\n\n{problems}\n\n" if problems is not None else ""
+        f"Below are the problems with this prompt.\n\n{problems}\n\n"
+        if problems is not None
+        else ""
     )
     text = (
         f"{intro}\n\n"

@@ -57,7 +57,9 @@ METHODS: tuple[str, ...] = tuple(METHOD_PRESETS)
 
 def check_method(method: str) -> None:
     if method not in METHOD_PRESETS:
-        raise ConfigError(f"unknown method {method!r} (--method); valid methods: {', '.join(METHODS)}")
+        raise ConfigError(
+            f"unknown method {method!r} (--method); valid methods: {', '.join(METHODS)}"
+        )
 
 
 def config_for_method(method: str, **overrides: Any) -> OptimizerConfig:

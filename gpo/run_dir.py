@@ -203,7 +203,9 @@ class RunDirectory:
                     raise PermissionError(f"{target} is read-only")
         except OSError as error:
             reason = error.strerror or str(error)
-            raise ConfigError(f"{flag} {self.path}: the run directory is not writable: {reason}") from None
+            raise ConfigError(
+                f"{flag} {self.path}: the run directory is not writable: {reason}"
+            ) from None
 
     @property
     def cache_path(self) -> Path:

@@ -19,7 +19,9 @@ class TaskView:
 
     def __init__(self, task: Any, splits: Mapping[str, Sequence[Sample]]) -> None:
         self._task = task
-        self._splits = {SPLIT_ALIASES.get(name, name): tuple(samples) for name, samples in splits.items()}
+        self._splits = {
+            SPLIT_ALIASES.get(name, name): tuple(samples) for name, samples in splits.items()
+        }
 
     def split(self, name: str) -> tuple[Sample, ...]:
         canonical = SPLIT_ALIASES.get(name, name)

@@ -134,6 +134,21 @@ class ContinuousBatcher:
             return
         seq.state = CANCELLED
 
+    def drop_all(self) -> list[SequenceWork]:
+        """Forget all queued and running work (a crash); return the dropped sequences."""
+        dropped = [s for s in self._waiting if s.state == WAITING]
+        dropped.extend(self._prefilling)
+        dropped.extend(seq for _, _, seq in self._decoding if seq.state == DECODING)
+        for seq in dropped:
+            seq.state = CANCELLED
+        self._waiting.clear()
+        self._prefilling = []
+        self._decoding = []
+        self._planned_chunks = []
+        self._planned_decodes = 0
+        self.num_waiting = self.num_decoding = self.kv_blocks_used = 0
+        return dropped
+
     def plan_step(self) -> StepPlan:
         """Choose the next step's batch (admitting waiting sequences) and return its cost."""
         budget = self._max_batched_tokens - self.num_decoding

@@ -1,0 +1,165 @@
+"""The simulated server's counters and their Prometheus text at `GET /metrics`.
+
+vLLM-like names describe the simulated GPU (`vllm:num_requests_running`, `vllm:num_requests_waiting`
+and `vllm:kv_cache_usage_perc` count sequences and blocks now; `vllm:prompt_tokens_total` counts
+prompt tokens admitted, `vllm:generation_tokens_total` tokens generated, both including work
+later aborted; `vllm:prefix_cache_queries_total` / `_hits_total` count prompt tokens looked up /
+found cached, and `vllm:gpu_prefix_cache_hit_rate` is their ratio). `sim_*` names are the
+server's own bookkeeping: HTTP requests by endpoint and status, sequences and tokens actually
+served (billed in `usage`; faulty requests are never counted), 429s sent, faults injected by
+kind, simulated time, restarts. Counters survive `restart()` so a benchmark sees whole runs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from backends.simulated.batching import ContinuousBatcher
+from backends.simulated.prefix_cache import PrefixCache
+
+
+@dataclass(slots=True)
+class ServerCounters:
+    """Mutable tallies kept by the request handlers."""
+
+    http_requests: Counter[tuple[str, int]] = field(default_factory=Counter)
+    generation_requests_served: int = 0
+    sequences_served: int = 0
+    prompt_tokens_served: int = 0
+    completion_tokens_served: int = 0
+    finish_reasons: Counter[str] = field(default_factory=Counter)
+    rate_limited: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+    sequences_aborted: int = 0
+    restarts: int = 0
+    downtimes: int = 0
+
+
+def _line(name: str, value: float, labels: dict[str, str]) -> str:
+    if labels:
+        inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        return f"{name}{{{inner}}} {value}"
+    return f"{name} {value}"
+
+
+def render_metrics(
+    *,
+    model: str,
+    max_num_seqs: int,
+    counters: ServerCounters,
+    batcher: ContinuousBatcher | None,
+    prefix_cache: PrefixCache | None,
+    simulated_s: float,
+) -> str:
+    """The Prometheus exposition text for the current state."""
+    model_label = {"model_name": model}
+    out: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]):
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+        out.extend(_line(name, value, labels) for labels, value in samples)
+
+    running = batcher.num_running if batcher else 0
+    waiting = batcher.num_waiting if batcher else 0
+    kv_usage = batcher.kv_cache_usage if batcher else 0.0
+    if batcher is not None:
+        prompt_tokens, generation_tokens = batcher.prompt_tokens_admitted, batcher.generation_tokens
+    else:
+        prompt_tokens = counters.prompt_tokens_served
+        generation_tokens = counters.completion_tokens_served
+    queries = prefix_cache.query_tokens if prefix_cache else 0
+    hits = prefix_cache.hit_tokens if prefix_cache else 0
+    metric("vllm:num_requests_running", "gauge", "Sequences in the batch.", [(model_label, running)])
+    metric("vllm:num_requests_waiting", "gauge", "Sequences queued.", [(model_label, waiting)])
+    metric("vllm:kv_cache_usage_perc", "gauge", "KV blocks in use, 0-1.", [(model_label, kv_usage)])
+    metric(
+        "vllm:prompt_tokens_total", "counter", "Prompt tokens admitted.", [(model_label, prompt_tokens)]
+    )
+    metric(
+        "vllm:generation_tokens_total",
+        "counter",
+        "Tokens generated.",
+        [(model_label, generation_tokens)],
+    )
+    metric(
+        "vllm:prefix_cache_queries_total",
+        "counter",
+        "Prompt tokens looked up in the prefix cache.",
+        [(model_label, queries)],
+    )
+    metric(
+        "vllm:prefix_cache_hits_total",
+        "counter",
+        "Prompt tokens found in the prefix cache.",
+        [(model_label, hits)],
+    )
+    metric(
+        "vllm:gpu_prefix_cache_hit_rate",
+        "gauge",
+        "Prefix cache hits / queries, in tokens.",
+        [(model_label, hits / queries if queries else 0.0)],
+    )
+    metric(
+        "vllm:request_success_total",
+        "counter",
+        "Sequences finished, by reason.",
+        [({**model_label, "finished_reason": r}, c) for r, c in sorted(counters.finish_reasons.items())],
+    )
+    metric(
+        "sim_http_requests_total",
+        "counter",
+        "HTTP requests by endpoint and status.",
+        [
+            ({"endpoint": endpoint, "status": str(status)}, count)
+            for (endpoint, status), count in sorted(counters.http_requests.items())
+        ],
+    )
+    simple = [
+        ("sim_generation_requests_served_total", "Generation HTTP calls answered 200.", counters.generation_requests_served),
+        ("sim_sequences_served_total", "Sequences (prompt x choice) served.", counters.sequences_served),
+        ("sim_prompt_tokens_served_total", "Prompt tokens billed in usage.", counters.prompt_tokens_served),
+        ("sim_completion_tokens_served_total", "Completion tokens billed in usage.", counters.completion_tokens_served),
+        ("sim_rate_limited_total", "429 answers sent.", counters.rate_limited),
+        ("sim_sequences_aborted_total", "Sequences dropped (client gone or crash).", counters.sequences_aborted),
+        ("sim_restarts_total", "Restarts and take-downs.", counters.restarts),
+        ("sim_simulated_seconds_total", "Simulated seconds the GPU has been busy.", simulated_s),
+        ("sim_max_num_seqs", "The server's max_num_seqs.", max_num_seqs),
+    ]
+    for name, help_text, value in simple:
+        kind = "gauge" if name == "sim_max_num_seqs" else "counter"
+        metric(name, kind, help_text, [({}, value)])
+    metric(
+        "sim_faults_injected_total",
+        "counter",
+        "Faults injected, by kind.",
+        [({"kind": kind}, count) for kind, count in sorted(counters.faults.items())],
+    )
+    out.append("")
+    return "\n".join(out)
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """Samples of a Prometheus text as {'name{labels}': value}, labels as written."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            samples[name] = float(value)
+        except ValueError:
+            continue
+    return samples
+
+
+def metric_total(samples: dict[str, float], name: str, **labels: str) -> float:
+    """Sum of the samples called `name` whose labels include all of `labels`."""
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    total = 0.0
+    for key, value in samples.items():
+        base, _, rest = key.partition("{")
+        if base == name and all(w in rest for w in wanted):
+            total += value
+    return total

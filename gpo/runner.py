@@ -1,0 +1,218 @@
+"""A whole optimization run: tasks of a group, the run directory, resume, and the summary.
+
+`run_optimization` takes engines that are already open (the CLI opens them), runs the loop for
+each task, keeps the run directory current (state, ledger after every step, per-task files) and
+returns the summary that `summary.json` holds: per-task results, group averages as the paper
+reports them, tokens, dollars, wall time and improvement per dollar.
+
+Resuming: tasks whose `result.json` says "finished" are read back and not run again; any other
+task is run from its start, its answered requests replayed from the response cache for free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from benchmarks import PromptLayout, aggregate, load_task
+from engine.evaluator import Evaluator, EvaluatorSettings
+from gpo.config import OptimizerConfig
+from gpo.embedders import EmbedderConfig, make_embedder
+from gpo.interfaces import GenerationEngine, ProgressListener, ScoringEvaluator, SilentProgress
+from gpo.ledger_view import engines_snapshot, run_totals
+from gpo.optimizer import PromptOptimizer
+from gpo.results import TaskResult
+from gpo.run_dir import RunDirectory
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """What to run: tasks (already expanded from groups), the loop's config, the embedder,
+    the scorer's prompt layout and how many tasks run at once."""
+
+    tasks: tuple[str, ...]
+    optimizer: OptimizerConfig
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    layout: PromptLayout = field(default_factory=PromptLayout)
+    data_dir: str | None = None
+    tasks_at_once: int = 1
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _mean_or_none(values: dict[str, float | None]) -> dict[str, float]:
+    present = {task: value for task, value in values.items() if value is not None}
+    return aggregate(present) if present else {}
+
+
+def summarise(
+    spec: RunSpec,
+    results: Sequence[TaskResult],
+    session_ledger: dict[str, Any],
+    earlier_ledgers: Sequence[dict[str, Any]],
+) -> dict[str, Any]:
+    """The run's summary: per-task results, group averages, cost, improvement per dollar."""
+    groups = {
+        "initial_dev": _mean_or_none({r.task: r.initial_dev for r in results}),
+        "final_dev": _mean_or_none({r.task: r.final_dev for r in results}),
+        "initial_test": _mean_or_none({r.task: r.initial_test for r in results}),
+        "final_test": _mean_or_none({r.task: r.final_test for r in results}),
+    }
+    totals = run_totals([*earlier_ledgers, session_ledger])
+    improvement = _improvement(results)
+    cost = float(totals.get("cost_usd", 0.0) or 0.0)
+    tokens = int(totals.get("total_tokens", 0) or 0)
+    stopped = [r.task for r in results if r.status != "finished"]
+    return {
+        "method": spec.optimizer.method,
+        "status": "stopped" if stopped else "finished",
+        "stopped_tasks": stopped,
+        "tasks": [r.to_json() for r in results],
+        "groups": groups,
+        "improvement_points": improvement,
+        "improvement_per_usd": improvement / cost if improvement is not None and cost > 0 else None,
+        "improvement_per_mtok": (
+            improvement / (tokens / 1e6) if improvement is not None and tokens > 0 else None
+        ),
+        "cost_usd": cost,
+        "total_tokens": tokens,
+        "run_totals": totals,
+        "session_ledger": session_ledger,
+    }
+
+
+def _improvement(results: Sequence[TaskResult]) -> float | None:
+    """Mean test-score gain of the final over the initial prompt, in percentage points."""
+    pairs = [
+        (r.final_test, r.initial_test)
+        for r in results
+        if r.final_test is not None and r.initial_test is not None
+    ]
+    if not pairs:
+        return None
+    return 100 * sum(final - initial for final, initial in pairs) / len(pairs)
+
+
+class _RecordingListener:
+    """Passes progress on, and keeps the run directory's ledger and state current."""
+
+    def __init__(
+        self,
+        inner: ProgressListener,
+        run_dir: RunDirectory | None,
+        engines: Sequence[Any],
+        state: dict[str, Any],
+    ) -> None:
+        self.inner = inner
+        self.run_dir = run_dir
+        self.engines = engines
+        self.state = state
+
+    def save(self) -> None:
+        if self.run_dir is None:
+            return
+        self.run_dir.write_ledger(engines_snapshot(self.engines))
+        self.state["updated"] = now_iso()
+        self.run_dir.write_state(self.state)
+
+    def task_started(self, task: str, total_steps: int) -> None:
+        self.state["tasks"][task] = {"status": "running", "steps_done": 0, "steps": total_steps}
+        self.save()
+        self.inner.task_started(task, total_steps)
+
+    def step_finished(self, task: str, step: int, total_steps: int, best_dev: float) -> None:
+        self.state["tasks"][task].update({"steps_done": step + 1, "best_dev": best_dev})
+        self.save()
+        self.inner.step_finished(task, step, total_steps, best_dev)
+
+    def task_finished(self, task: str, result: Any) -> None:
+        self.state["tasks"][task].update({"status": result.status, "steps_done": result.steps_done})
+        self.save()
+        self.inner.task_finished(task, result)
+
+
+async def run_optimization(
+    spec: RunSpec,
+    *,
+    scorer: Any,
+    optimizer: GenerationEngine,
+    run_dir: RunDirectory | None,
+    listener: ProgressListener | None = None,
+    evaluator: ScoringEvaluator | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Run every task of `spec` and return the summary (also written to `summary.json`)."""
+    listener = listener or SilentProgress()
+    engines = [scorer, optimizer]
+    earlier: list[dict[str, Any]] = []
+    state: dict[str, Any] = {"status": "running", "sessions": 1, "tasks": {}}
+    if run_dir is not None:
+        if resume:
+            previous = run_dir.read_state()
+            session = int(previous.get("sessions", 1))
+            run_dir.archive_ledger(session)
+            state["sessions"] = session + 1
+            state["tasks"] = previous.get("tasks", {})
+        earlier = run_dir.earlier_ledgers()
+        state["started"] = now_iso()
+        run_dir.write_state(state)
+    recording = _RecordingListener(listener, run_dir, engines, state)
+    tasks = {name: load_task(name, spec.data_dir) for name in spec.tasks}
+    embedder = None
+    if spec.optimizer.optimize and spec.optimizer.direction == "relevance":
+        embedder = make_embedder(
+            spec.embedder, run_dir.embeddings_path if run_dir is not None else None
+        )
+    evaluator = evaluator or Evaluator(scorer, EvaluatorSettings(layout=spec.layout))
+    loop = PromptOptimizer(
+        spec.optimizer,
+        evaluator=evaluator,
+        optimizer=optimizer,
+        embedder=embedder,
+        listener=recording,
+        budget_engines=(scorer, optimizer),
+    )
+    gate = asyncio.Semaphore(spec.tasks_at_once)
+    started = time.monotonic()
+
+    async def run_task(name: str) -> TaskResult:
+        recorder = run_dir.task(name) if run_dir is not None else None
+        if resume and recorder is not None:
+            stored = recorder.read_result()
+            if stored is not None and stored.get("status") == "finished":
+                logger.info("task %s finished in an earlier session; not run again", name)
+                result = TaskResult.from_json(stored)
+                state["tasks"][name] = {"status": "finished", "steps_done": result.steps_done}
+                return result
+        async with gate:
+            return await loop.run(tasks[name], recorder)
+
+    try:
+        results = list(await asyncio.gather(*(run_task(name) for name in spec.tasks)))
+    except BaseException as error:
+        state["status"] = "failed" if isinstance(error, Exception) else "interrupted"
+        state["error"] = f"{type(error).__name__}: {error}"
+        recording.save()
+        raise
+    finally:
+        if embedder is not None:
+            await embedder.close()
+    session_ledger = engines_snapshot(engines)
+    summary = summarise(spec, results, session_ledger, earlier)
+    summary["wall_time_s"] = round(time.monotonic() - started, 3)
+    state["status"] = summary["status"]
+    state["finished"] = now_iso()
+    state.pop("error", None)
+    recording.save()
+    if run_dir is not None:
+        run_dir.write_summary(summary)
+    return summary
