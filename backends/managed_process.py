@@ -47,6 +47,7 @@ DEFAULT_READY_PATHS = ("/health", "/v1/models")
 _SECRET_FLAG_WORDS = ("key", "token", "secret", "password")
 _LOG_TAIL_BYTES = 64 * 1024
 _PR_SET_PDEATHSIG = 1
+_LAUNCH_ATTEMPTS = 3
 
 
 class ServerStartFailed(BackendError):
@@ -156,7 +157,9 @@ class ManagedServer:
     """One server subprocess bound to 127.0.0.1; usable as a sync or an async context manager.
 
     `command` builds the argv for a given port, so that the port can be chosen here. When no log
-    path is given the log goes to a temporary file that is removed when the server stops.
+    path is given the log goes to a temporary file, removed when the server stops (kept when it
+    failed to start). A free port can be taken by another process before the server binds it;
+    then the launch is retried on another port.
     """
 
     def __init__(
@@ -181,7 +184,8 @@ class ManagedServer:
         self._requested_port = port
         self._port: int | None = None
         self._log_path = Path(log_path) if log_path is not None else None
-        self._owns_log = log_path is None
+        self._temporary_log = log_path is None
+        self._keep_log = False
         self._ready_paths = tuple(ready_paths)
         self._startup_timeout_s = startup_timeout_s
         self._stop_timeout_s = stop_timeout_s
@@ -283,6 +287,9 @@ class ManagedServer:
                     preexec_fn=_die_with_parent_hook(),
                 )
             except OSError as error:
+                if self._temporary_log:
+                    self._log_path.unlink(missing_ok=True)
+                    self._log_path = None
                 raise ServerStartFailed(
                     f"{self._name}: cannot run {self.command_line}: {error.strerror or error}"
                 ) from None
@@ -325,6 +332,15 @@ class ManagedServer:
 
     def start_sync(self) -> None:
         """Launch and block until ready; on any failure (Ctrl-C included) the process is stopped."""
+        for attempt in range(_LAUNCH_ATTEMPTS):
+            try:
+                self._start_once_sync()
+                return
+            except ServerStartFailed as error:
+                if not self._retry_on_other_port(error, attempt):
+                    raise
+
+    def _start_once_sync(self) -> None:
         self._launch()
         try:
             unsupported: set[str] = set()
@@ -337,7 +353,8 @@ class ManagedServer:
                 if time.monotonic() - started > self._startup_timeout_s:
                     raise self._not_ready_error(time.monotonic() - started)
                 time.sleep(self._poll_interval_s)
-        except BaseException:
+        except BaseException as error:
+            self._keep_log_after(error)
             self.stop_sync()
             raise
         elapsed_s = time.monotonic() - started
@@ -377,6 +394,15 @@ class ManagedServer:
 
         On failure, and on cancellation (Ctrl-C under `asyncio.run`), the process is stopped.
         """
+        for attempt in range(_LAUNCH_ATTEMPTS):
+            try:
+                await self._start_once()
+                return
+            except ServerStartFailed as error:
+                if not self._retry_on_other_port(error, attempt):
+                    raise
+
+    async def _start_once(self) -> None:
         self._launch()
         try:
             unsupported: set[str] = set()
@@ -390,10 +416,25 @@ class ManagedServer:
                 if loop.time() - started > self._startup_timeout_s:
                     raise self._not_ready_error(loop.time() - started)
                 await asyncio.sleep(self._poll_interval_s)
-        except BaseException:
+        except BaseException as error:
+            self._keep_log_after(error)
             await self.stop()
             raise
         logger.info("%s ready on %s after %.1f s", self._name, self.root_url, loop.time() - started)
+
+    def _keep_log_after(self, error: BaseException) -> None:
+        """A failed start keeps even a temporary log: the error message points to it."""
+        if isinstance(error, ServerStartFailed):
+            self._keep_log = True
+
+    def _retry_on_other_port(self, error: ServerStartFailed, attempt: int) -> bool:
+        """True when a free port chosen here was taken before the server bound it: try again."""
+        lost_race = "address already in use" in str(error).lower()
+        if self._requested_port is None and lost_race and attempt + 1 < _LAUNCH_ATTEMPTS:
+            logger.warning("%s lost its port to another process; trying another", self._name)
+            self._keep_log = False
+            return True
+        return False
 
     async def stop(self) -> None:
         """Like `stop_sync` without blocking the loop; if cancelled meanwhile, kills at once."""
@@ -473,7 +514,7 @@ class ManagedServer:
         logger.info("stopped %s (pid %d, exit code %s)", self._name, process.pid, code)
         self._process = None
         atexit.unregister(self._kill_at_exit)
-        if self._owns_log and self._log_path is not None:
+        if self._temporary_log and not self._keep_log and self._log_path is not None:
             with contextlib.suppress(OSError):
                 self._log_path.unlink()
             self._log_path = None

@@ -127,6 +127,7 @@ class OpenAICompatibleBackend:
         request_timeout_s: float = 600.0,
         connect_timeout_s: float = 10.0,
         require_api_key: bool | None = None,
+        identity: str | None = None,
     ) -> None:
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
         self._base_url = base_url.rstrip("/")
@@ -145,6 +146,7 @@ class OpenAICompatibleBackend:
                 endpoint=self._public_url,
             )
         self._model = model or ""
+        self._identity = identity
         self._capabilities = capabilities or Capabilities()
         self._max_connections = max_connections
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s, connect=connect_timeout_s)
@@ -155,6 +157,10 @@ class OpenAICompatibleBackend:
 
     @property
     def identity(self) -> str:
+        """The endpoint as cache keys see it. Servers started on a fresh port each run (the
+        embedded model, a managed vLLM) pass a stable identity so their answers stay cached."""
+        if self._identity is not None:
+            return f"{self._identity}|{self._model}"
         return f"openai-compatible|{self._public_url}|{self._model}"
 
     @property

@@ -200,6 +200,7 @@ async def _http_backend(
     url: str,
     capabilities: Capabilities,
     model: str | None = None,
+    identity: str | None = None,
 ) -> OpenAICompatibleBackend:
     concurrency = getattr(args, f"{role}_concurrency", None) or capabilities.max_concurrency or 64
     backend = OpenAICompatibleBackend(
@@ -209,6 +210,7 @@ async def _http_backend(
         capabilities=capabilities,
         max_connections=max(8, concurrency * 2),
         request_timeout_s=getattr(args, "request_timeout", 600.0),
+        identity=identity,
     )
     if not backend.model:
         models = await backend.list_models()
@@ -222,6 +224,7 @@ async def _http_backend(
             capabilities=capabilities,
             max_connections=max(8, concurrency * 2),
             request_timeout_s=getattr(args, "request_timeout", 600.0),
+            identity=identity,
         )
     return backend
 
@@ -257,7 +260,12 @@ async def open_engines(
                         EmbeddedModelServer(log_path=log_path)
                     )
                 backend = await _http_backend(
-                    args, role, embedded.url, embedded.capabilities, embedded.model_name
+                    args,
+                    role,
+                    embedded.url,
+                    embedded.capabilities,
+                    embedded.model_name,
+                    identity="embedded-llama.cpp",
                 )
             elif getattr(args, f"{role}_vllm", None):
                 from backends.vllm_serve import ManagedVllmServer
@@ -267,7 +275,12 @@ async def open_engines(
                     ManagedVllmServer(getattr(args, f"{role}_vllm"), log_path=log_path)
                 )
                 backend = await _http_backend(
-                    args, role, server.url, server.capabilities, server.model_name
+                    args,
+                    role,
+                    server.url,
+                    server.capabilities,
+                    server.model_name,
+                    identity="managed-vllm",
                 )
             else:
                 urls = getattr(args, f"{role}_url", None) or [os.environ["OPENAI_BASE_URL"]]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from benchmarks import PromptLayout, aggregate, load_task
+from benchmarks import aggregate, load_task
 from engine.evaluator import Evaluator, EvaluatorSettings
 from gpo.config import OptimizerConfig
 from gpo.embedders import EmbedderConfig, make_embedder
@@ -35,12 +35,12 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class RunSpec:
     """What to run: tasks (already expanded from groups), the loop's config, the embedder,
-    the scorer's prompt layout and how many tasks run at once."""
+    the scorer's settings (prompt layout, max tokens) and how many tasks run at once."""
 
     tasks: tuple[str, ...]
     optimizer: OptimizerConfig
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
-    layout: PromptLayout = field(default_factory=PromptLayout)
+    scoring: EvaluatorSettings = field(default_factory=EvaluatorSettings)
     data_dir: str | None = None
     tasks_at_once: int = 1
 
@@ -172,7 +172,7 @@ async def run_optimization(
         embedder = make_embedder(
             spec.embedder, run_dir.embeddings_path if run_dir is not None else None
         )
-    evaluator = evaluator or Evaluator(scorer, EvaluatorSettings(layout=spec.layout))
+    evaluator = evaluator or Evaluator(scorer, spec.scoring)
     loop = PromptOptimizer(
         spec.optimizer,
         evaluator=evaluator,

@@ -45,7 +45,7 @@ class WordBudgetSchedule:
         if self.initial < 1 or self.final < 0:
             raise ConfigError(
                 f"word budget needs initial >= 1 and final >= 0 "
-                f"(--budget-initial {self.initial}, --budget-final {self.final})"
+                f"(--words-initial {self.initial}, --words-final {self.final})"
             )
         if self.warmup_steps < 0:
             raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")

@@ -47,7 +47,7 @@ def test_bad_settings_name_the_flag() -> None:
         WordBudgetSchedule(kind="exponential")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="--warmup-steps"):
         WordBudgetSchedule(kind="cosine", warmup_steps=5).budget(5, 5)
-    with pytest.raises(ConfigError, match="--budget-initial"):
+    with pytest.raises(ConfigError, match="--words-initial"):
         WordBudgetSchedule(kind="fixed", initial=0)
 
 

@@ -19,6 +19,7 @@ from backends.errors import DataError
 _OPTION_LETTER = re.compile(r"\(([A-Z])\)")
 _SINGLE_OPTION = re.compile(r"^\(([A-Z])\)$")
 _NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
+_CLOSING_BRACKETS = (")", "]", "}", ">")
 _BOOLEAN_OPPOSITES = {
     "yes": "no",
     "no": "yes",
@@ -40,7 +41,8 @@ def plausible_wrong_answer(gold: str, question: str, pick: int) -> str:
     """A wrong answer of the same kind as `gold`, chosen by `pick` where there are several.
 
     Another option letter present in the question for "(B)"-style golds, the other word for
-    boolean-like golds, gold + 1 for numbers, otherwise the words reversed (or "not ...").
+    boolean-like golds, gold + 1 for numbers, a bracket short or another bracket for closing
+    brackets, otherwise the words reversed (or "not ...").
     """
     option = _SINGLE_OPTION.match(gold)
     if option:
@@ -58,6 +60,11 @@ def plausible_wrong_answer(gold: str, question: str, pick: int) -> str:
             return str(float(gold) + 1)
         return str(int(gold) + 1)
     words = gold.split()
+    if words and all(word in _CLOSING_BRACKETS for word in words):
+        if len(words) > 1:
+            return " ".join(words[:-1])
+        others = [b for b in _CLOSING_BRACKETS if b != gold]
+        return others[pick % len(others)]
     if len(words) > 1 and words[::-1] != words:
         return " ".join(words[::-1])
     return f"not {gold}"

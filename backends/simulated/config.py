@@ -109,7 +109,9 @@ class RateLimits:
             if value is not None and value < 1:
                 raise ConfigError(f"rate_limits.{name} must be >= 1 or None, got {value}")
         if not 0.0 < self.burst_fraction <= 1.0:
-            raise ConfigError(f"rate_limits.burst_fraction must be in (0, 1], got {self.burst_fraction}")
+            raise ConfigError(
+                f"rate_limits.burst_fraction must be in (0, 1], got {self.burst_fraction}"
+            )
 
     @property
     def enabled(self) -> bool:
@@ -144,7 +146,9 @@ class FaultRates:
         if sum(rates.values()) > 1.0 + 1e-9:
             raise ConfigError(f"fault rates sum to {sum(rates.values()):.3f}, more than 1")
         if self.slow_body_seconds < 0:
-            raise ConfigError(f"faults.slow_body_seconds must be >= 0, got {self.slow_body_seconds}")
+            raise ConfigError(
+                f"faults.slow_body_seconds must be >= 0, got {self.slow_body_seconds}"
+            )
         if self.hang_seconds is not None and self.hang_seconds < 0:
             raise ConfigError(f"faults.hang_seconds must be >= 0, got {self.hang_seconds}")
 
@@ -225,7 +229,9 @@ class SimulatedServerConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, api_key: str | None = None) -> SimulatedServerConfig:
+    def from_dict(
+        cls, data: dict[str, Any], *, api_key: str | None = None
+    ) -> SimulatedServerConfig:
         """Inverse of `to_dict`; unknown keys are a `ConfigError` naming them."""
         nested = {"output_lengths": OutputLengths, "rate_limits": RateLimits, "faults": FaultRates}
         known = {f.name for f in dataclasses.fields(cls)} - {"api_key"}

@@ -18,6 +18,7 @@ observes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 import struct
@@ -97,15 +98,17 @@ def reset_connection(request: web.BaseRequest) -> None:
         return
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
     transport.abort()
 
 
-async def write_truncated(request: web.BaseRequest, body: bytes) -> web.StreamResponse:
-    """Announce the full length, send half of the body, then close the connection."""
+async def send_truncated(request: web.BaseRequest, body: bytes) -> None:
+    """Announce the full length, send half of the body, then close the connection.
+
+    The caller must not return a response afterwards (raise `CancelledError`, as aiohttp does
+    for a client that went away).
+    """
     response = web.StreamResponse(status=200)
     response.content_type = "application/json"
     response.content_length = len(body)
@@ -113,7 +116,6 @@ async def write_truncated(request: web.BaseRequest, body: bytes) -> web.StreamRe
     await response.write(body[: len(body) // 2])
     if request.transport is not None:
         request.transport.close()
-    return response
 
 
 async def write_slowly(

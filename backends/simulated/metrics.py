@@ -71,11 +71,16 @@ def render_metrics(
         generation_tokens = counters.completion_tokens_served
     queries = prefix_cache.query_tokens if prefix_cache else 0
     hits = prefix_cache.hit_tokens if prefix_cache else 0
-    metric("vllm:num_requests_running", "gauge", "Sequences in the batch.", [(model_label, running)])
+    metric(
+        "vllm:num_requests_running", "gauge", "Sequences in the batch.", [(model_label, running)]
+    )
     metric("vllm:num_requests_waiting", "gauge", "Sequences queued.", [(model_label, waiting)])
     metric("vllm:kv_cache_usage_perc", "gauge", "KV blocks in use, 0-1.", [(model_label, kv_usage)])
     metric(
-        "vllm:prompt_tokens_total", "counter", "Prompt tokens admitted.", [(model_label, prompt_tokens)]
+        "vllm:prompt_tokens_total",
+        "counter",
+        "Prompt tokens admitted.",
+        [(model_label, prompt_tokens)],
     )
     metric(
         "vllm:generation_tokens_total",
@@ -105,7 +110,10 @@ def render_metrics(
         "vllm:request_success_total",
         "counter",
         "Sequences finished, by reason.",
-        [({**model_label, "finished_reason": r}, c) for r, c in sorted(counters.finish_reasons.items())],
+        [
+            ({**model_label, "finished_reason": r}, c)
+            for r, c in sorted(counters.finish_reasons.items())
+        ],
     )
     metric(
         "sim_http_requests_total",
@@ -117,12 +125,32 @@ def render_metrics(
         ],
     )
     simple = [
-        ("sim_generation_requests_served_total", "Generation HTTP calls answered 200.", counters.generation_requests_served),
-        ("sim_sequences_served_total", "Sequences (prompt x choice) served.", counters.sequences_served),
-        ("sim_prompt_tokens_served_total", "Prompt tokens billed in usage.", counters.prompt_tokens_served),
-        ("sim_completion_tokens_served_total", "Completion tokens billed in usage.", counters.completion_tokens_served),
+        (
+            "sim_generation_requests_served_total",
+            "Generation HTTP calls answered 200.",
+            counters.generation_requests_served,
+        ),
+        (
+            "sim_sequences_served_total",
+            "Sequences (prompt x choice) served.",
+            counters.sequences_served,
+        ),
+        (
+            "sim_prompt_tokens_served_total",
+            "Prompt tokens billed in usage.",
+            counters.prompt_tokens_served,
+        ),
+        (
+            "sim_completion_tokens_served_total",
+            "Completion tokens billed in usage.",
+            counters.completion_tokens_served,
+        ),
         ("sim_rate_limited_total", "429 answers sent.", counters.rate_limited),
-        ("sim_sequences_aborted_total", "Sequences dropped (client gone or crash).", counters.sequences_aborted),
+        (
+            "sim_sequences_aborted_total",
+            "Sequences dropped (client gone or crash).",
+            counters.sequences_aborted,
+        ),
         ("sim_restarts_total", "Restarts and take-downs.", counters.restarts),
         ("sim_simulated_seconds_total", "Simulated seconds the GPU has been busy.", simulated_s),
         ("sim_max_num_seqs", "The server's max_num_seqs.", max_num_seqs),

@@ -160,7 +160,9 @@ def parse_chat_request(body: object, config: SimulatedServerConfig) -> Generatio
     n, temperature, seed, stop = _sampling(data)
     tokens = count_tokens(prompt)
     default = max(1, config.max_model_len - tokens)
-    name = "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
+    name = (
+        "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
+    )
     max_tokens = _integer(data, name, default, 1)
     _check_context(tokens, max_tokens, config)
     return GenerationRequest((prompt,), (tokens,), n, max_tokens, temperature, seed, stop, True)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 
 class PrefixCache:
-    """LRU set of block keys (see `tokens.prefix_block_hashes`), with hit-rate counters in tokens."""
+    """LRU set of block keys (`tokens.prefix_block_hashes`) with hit counters in tokens."""
 
     __slots__ = ("_blocks", "block_size", "capacity_blocks", "hit_tokens", "query_tokens")
 

