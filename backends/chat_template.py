@@ -23,7 +23,10 @@ def render_chatml(messages: Sequence[Message]) -> str:
 
 
 def render_llama2(messages: Sequence[Message]) -> str:
-    """Llama-2-chat's `[INST]` format (the paper's scorer); a system turn joins the first user turn."""
+    """Llama-2-chat's `[INST]` format (the paper's scorer).
+
+    A system turn joins the first user turn.
+    """
     system = ""
     out: list[str] = []
     pending_user: str | None = None
