@@ -60,9 +60,7 @@ class OptimizerConfig:
         check_direction(self.direction)
         check_choice(self.update, UPDATE_STYLES, "--update", "update style")
         check_choice(self.score_scale, SCORE_SCALES, "--score-scale", "score scale")
-        check_choice(
-            self.instruction_position, POSITIONS, "--position", "instruction position"
-        )
+        check_choice(self.instruction_position, POSITIONS, "--position", "instruction position")
         check_choice(self.relevance_order, RELEVANCE_ORDERS, "--relevance-order", "order")
         positive = {
             "--epochs": self.epochs,

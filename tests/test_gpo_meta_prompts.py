@@ -1,5 +1,7 @@
 """Meta-prompts render exactly as GPO.md lays them out (golden texts)."""
 
+# ruff: noqa: E501  (golden texts keep the meta-prompts' own long lines)
+
 from __future__ import annotations
 
 import pytest

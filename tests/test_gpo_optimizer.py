@@ -119,7 +119,7 @@ async def test_two_step_gpo_run_pays_each_meta_prompt_once_and_scores_a_step_in_
     tmp_path: Path,
 ) -> None:
     config = config_for_method("gpo", **SMALL)
-    summary, evaluator, scorer, optimizer = await optimize(tmp_path / "run", config)
+    summary, evaluator, _, optimizer = await optimize(tmp_path / "run", config)
     (result,) = summary["tasks"]
     assert result["status"] == "finished"
     assert result["steps_done"] == result["steps_total"] == 2
@@ -232,7 +232,7 @@ async def test_fixed_prompt_baselines_never_call_the_optimizer(tmp_path: Path) -
 
 async def test_a_spent_budget_stops_cleanly_with_everything_saved(tmp_path: Path) -> None:
     config = config_for_method("gpo", **{**SMALL, "epochs": 3})
-    summary, _, scorer, _ = await optimize(tmp_path / "run", config, budget_usd=0.002)
+    summary, *_ = await optimize(tmp_path / "run", config, budget_usd=0.002)
     (result,) = summary["tasks"]
     assert result["status"] == "stopped"
     assert "budget" in result["stop_reason"]
@@ -254,3 +254,31 @@ async def test_a_group_reports_averages_over_its_tasks(tmp_path: Path) -> None:
     summary, *_ = await optimize(tmp_path / "run", config, tasks=tasks)
     finals = [task["final_test"] for task in summary["tasks"]]
     assert summary["groups"]["final_test"]["bbh"] == pytest.approx(sum(finals) / 2)
+
+
+async def test_summarised_prompts_without_reflection_score_the_summary(tmp_path: Path) -> None:
+    config = config_for_method("gpo", **SMALL, direction="summary")
+    summary, *_ = await optimize(tmp_path / "run", config)
+    meta = read_jsonl(tmp_path / "run" / "tasks" / "bbh__navigate" / "meta_prompts.jsonl")
+    assert [row["kind"] for row in meta] == ["update", "summary", "update"]
+    first, last = meta[0]["text"], meta[2]["text"]
+    # Step 0: the summary starts as the current prompt itself; step 1 shows the merged prompt.
+    assert "Below is the previous prompt with its score." in first
+    assert "Prompt: Track each step and verify the final position.\nScore: " in last
+    scores = read_jsonl(tmp_path / "run" / "tasks" / "bbh__navigate" / "scores.jsonl")
+    assert {row["prompt"] for row in scores if row["purpose"] == "summary"} == {
+        "Track each step and verify the final position."
+    }
+    assert summary["tasks"][0]["status"] == "finished"
+
+
+async def test_opro_shows_the_best_scored_prompts(tmp_path: Path) -> None:
+    await optimize(tmp_path / "run", config_for_method("opro", **SMALL))
+    task_dir = tmp_path / "run" / "tasks" / "bbh__navigate"
+    trajectory = read_jsonl(task_dir / "trajectory.jsonl")
+    last_update = [row["text"] for row in read_jsonl(task_dir / "meta_prompts.jsonl")][-1]
+    ranked = sorted(trajectory[:2], key=lambda row: row["dev_score"], reverse=True)
+    lines = last_update.splitlines()
+    shown = [line.removeprefix("Prompt: ") for line in lines if line.startswith("Prompt: ")]
+    assert shown == [row["prompt"] for row in ranked]
+    assert "You are allowed to change" not in last_update

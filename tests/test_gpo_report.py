@@ -21,9 +21,7 @@ async def test_report_of_three_methods_has_the_paper_table_prompts_and_costs(
         tasks=tasks,
     )
     await optimize(tmp_path / "pe2", config_for_method("pe2", **SMALL), tasks=tasks)
-    await optimize(
-        tmp_path / "cot", config_for_method("cot", dev_size=8, test_size=8), tasks=tasks
-    )
+    await optimize(tmp_path / "cot", config_for_method("cot", dev_size=8, test_size=8), tasks=tasks)
     png, markdown = write_report(
         [tmp_path / "gpo", tmp_path / "pe2", tmp_path / "cot"], tmp_path / "report"
     )

@@ -59,7 +59,9 @@ async def test_prompt_list_with_n_is_prompt_major_and_usage_sums(server, client)
     assert body["object"] == "text_completion"
     assert [c["index"] for c in body["choices"]] == list(range(6))
     for position, prompt in enumerate(prompts):
-        _, single = await post(client, f"{server.url}/v1/completions", {**payload, "prompt": prompt})
+        _, single = await post(
+            client, f"{server.url}/v1/completions", {**payload, "prompt": prompt}
+        )
         expected = [c["text"] for c in single["choices"]]
         got = [c["text"] for c in body["choices"][2 * position : 2 * position + 2]]
         assert got == expected
@@ -152,14 +154,21 @@ async def test_models_health_and_metrics(server, client):
     [
         ("/v1/completions", {"model": "nope", "prompt": "x"}, 404, "does not exist"),
         ("/v1/chat/completions", {"model": "nope", "messages": []}, 404, "does not exist"),
-        ("/v1/completions", {"prompt": "x" * 20000, "max_tokens": 16}, 400, "maximum context length"),
+        (
+            "/v1/completions",
+            {"prompt": "x" * 20000, "max_tokens": 16},
+            400,
+            "maximum context length",
+        ),
         ("/v1/completions", {"prompt": "x", "max_tokens": 5000}, 400, "maximum context length"),
         ("/v1/completions", {"prompt": [1, 2, 3]}, 400, "prompt"),
         ("/v1/completions", {"prompt": "x", "n": 0}, 400, "n must be"),
         ("/v1/chat/completions", {"messages": "hello"}, 400, "messages"),
     ],
 )
-async def test_bad_requests_get_openai_style_errors(server, client, endpoint, payload, status, needle):
+async def test_bad_requests_get_openai_style_errors(
+    server, client, endpoint, payload, status, needle
+):
     got_status, body = await post(client, f"{server.url}{endpoint}", payload)
     assert got_status == status
     assert needle in body["error"]["message"]
@@ -236,4 +245,6 @@ async def test_zero_latency_mode_answers_large_prompt_lists(client):
         assert body["usage"]["completion_tokens"] == 8 * 2000
         samples = await metrics(client, fast.url)
     assert metric_total(samples, "sim_sequences_served_total") == 2000
-    assert metric_total(samples, "vllm:prompt_tokens_total") == sum(count_tokens(p) for p in prompts)
+    assert metric_total(samples, "vllm:prompt_tokens_total") == sum(
+        count_tokens(p) for p in prompts
+    )

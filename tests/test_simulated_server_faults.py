@@ -74,9 +74,7 @@ async def test_each_fault_kind_is_observable_and_never_counted_as_served(kind, e
 
 
 async def test_hang_with_a_limit_drops_the_connection():
-    config = SimulatedServerConfig(
-        zero_latency=True, faults=FaultRates(hang=1.0, hang_seconds=0.1)
-    )
+    config = SimulatedServerConfig(zero_latency=True, faults=FaultRates(hang=1.0, hang_seconds=0.1))
     async with SimulatedServer(config) as server, aiohttp.ClientSession() as client:
         assert await outcome(client, server.url, timeout_s=5.0) == "reset"
 

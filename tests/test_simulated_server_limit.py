@@ -145,7 +145,9 @@ async def test_saturated_live_server_reaches_its_computed_limit():
     # The output lengths the server will choose are deterministic; measure them with a
     # zero-latency twin, then size time_scale so the live run takes about two seconds.
     async with (
-        SimulatedServer(SimulatedServerConfig(zero_latency=True, output_lengths=base.output_lengths)) as twin,
+        SimulatedServer(
+            SimulatedServerConfig(zero_latency=True, output_lengths=base.output_lengths)
+        ) as twin,
         aiohttp.ClientSession() as client,
     ):
         payload = {"prompt": prompts, "max_tokens": 200, "temperature": 0}
@@ -154,9 +156,7 @@ async def test_saturated_live_server_reaches_its_computed_limit():
     outputs = [max(1, len(c["text"]) // 4) for c in choices]
     workload = workload_from_prompts(base, prompts, outputs)
     simulated = analyse_workload(base, workload).simulated_makespan_s
-    config = SimulatedServerConfig(
-        output_lengths=base.output_lengths, time_scale=simulated / 2.0
-    )
+    config = SimulatedServerConfig(output_lengths=base.output_lengths, time_scale=simulated / 2.0)
     limit = analyse_workload(config, workload)
 
     batch = 16

@@ -45,7 +45,6 @@ class FaultInjector:
     """Draws the fault (or None) for each generation request."""
 
     def __init__(self, rates: FaultRates) -> None:
-        self._rates = rates
         self._enabled = rates.enabled
         self._rng = random.Random(rates.seed)
         self._thresholds: list[tuple[float, FaultKind]] = []
@@ -124,15 +123,17 @@ async def write_slowly(
     seconds: float,
     headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
-    """Send a complete, valid body in `SLOW_BODY_CHUNKS` pieces spread over `seconds`."""
+    """Send a complete, valid body in `SLOW_BODY_CHUNKS` pieces with pauses between them."""
     response = web.StreamResponse(status=200, headers=headers)
     response.content_type = "application/json"
     response.content_length = len(body)
     await response.prepare(request)
     size = max(1, -(-len(body) // SLOW_BODY_CHUNKS))
-    pause = seconds / SLOW_BODY_CHUNKS
+    pieces = -(-len(body) // size)
+    pause = seconds / max(1, pieces - 1)
     for start in range(0, len(body), size):
+        if start:
+            await asyncio.sleep(pause)
         await response.write(body[start : start + size])
-        await asyncio.sleep(pause)
     await response.write_eof()
     return response

@@ -33,7 +33,6 @@ class ServerCounters:
     faults: Counter[str] = field(default_factory=Counter)
     sequences_aborted: int = 0
     restarts: int = 0
-    downtimes: int = 0
 
 
 def _line(name: str, value: float, labels: dict[str, str]) -> str:

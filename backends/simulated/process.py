@@ -26,7 +26,6 @@ from types import TracebackType
 import orjson
 
 from backends.errors import BackendError
-from backends.simulated.answer_key import AnswerKey
 from backends.simulated.config import SimulatedServerConfig
 from backends.simulated.metrics import parse_prometheus
 
@@ -112,14 +111,16 @@ class SimulatedServerProcess:
 def start_server_process(
     config: SimulatedServerConfig | None = None,
     *,
-    answer_key: AnswerKey | Mapping[str, object] | None = None,
+    answer_key: Mapping[str, object] | None = None,
     startup_timeout_s: float = 30.0,
     log_level: str = "WARNING",
 ) -> SimulatedServerProcess:
-    """Start the server in a child process and return once it is listening."""
+    """Start the server in a child process and return once it is listening.
+
+    `answer_key` is `{question: gold}` (see `answer_key.AnswerKey`); it reaches the child
+    through a temporary JSON file removed by `stop()`.
+    """
     config = config or SimulatedServerConfig()
-    if isinstance(answer_key, AnswerKey):
-        raise TypeError("pass the answer key as a mapping {question: gold} to a child process")
     temp_dir = Path(tempfile.mkdtemp(prefix="gpo-simulated-"))
     command = [
         sys.executable,
