@@ -76,6 +76,7 @@ class EngineConfig:
     prompt_lists: bool = True
     chat_template: str | None = None
     max_retries: int = 8
+    max_rate_limited_retries: int = 200
     backoff_base_s: float = 0.5
     backoff_max_s: float = 60.0
     requests_per_minute: float | None = None
@@ -100,7 +101,17 @@ class EngineConfig:
 class _Item:
     """One queued request and the future its callers wait on."""
 
-    __slots__ = ("attempts", "future", "key", "phase", "priority", "prompt", "request", "solo")
+    __slots__ = (
+        "attempts",
+        "future",
+        "key",
+        "phase",
+        "priority",
+        "prompt",
+        "rate_limited",
+        "request",
+        "solo",
+    )
 
     def __init__(
         self,
@@ -118,6 +129,7 @@ class _Item:
         self.priority = priority
         self.phase = phase
         self.attempts = 0
+        self.rate_limited = 0
         self.solo = False
 
 
@@ -470,23 +482,37 @@ class Engine:
             for item in items:
                 self._fail(item, str(error), error.kind)
             return
-        congested = isinstance(error, RateLimited | RequestTimeout)
-        if congested:
+        rate_limited = isinstance(error, RateLimited)
+        if rate_limited or isinstance(error, RequestTimeout):
             self.window.on_congestion()
-        delay = self._backoff(max(item.attempts for item in items))
-        if isinstance(error, RateLimited) and error.retry_after is not None:
-            delay = max(delay, error.retry_after)
-            loop = asyncio.get_running_loop()
-            self._paused_until = max(self._paused_until, loop.time() + error.retry_after)
-        if isinstance(error, RateLimited) and self._tpm is not None:
+        loop = asyncio.get_running_loop()
+        if rate_limited and error.retry_after is not None:  # type: ignore[union-attr]
+            # The server said when: wait that long, plus jitter so the retries of a whole
+            # window of refused calls do not arrive together and be refused again.
+            retry_after: float = error.retry_after  # type: ignore[union-attr]
+            delay = retry_after * (1.0 + 0.5 * self._random.random())
+            self._paused_until = max(self._paused_until, loop.time() + retry_after)
+        elif rate_limited:
+            delay = self._backoff(max(item.rate_limited for item in items))
+        else:
+            delay = self._backoff(max(item.attempts for item in items))
+        if rate_limited and self._tpm is not None:
             self._tpm.give_back(self._estimate_tokens(items, items[0].request.params))
         retry: list[_Item] = []
         for item in items:
-            item.attempts += 1
-            if item.attempts > self.config.max_retries:
-                self._fail_with(item, RequestFailed(str(error), error.kind, item.attempts))
+            # A 429 is the server pacing us, not the request failing: it has its own, larger
+            # bound, so a long storm ends with answers while a broken server still ends.
+            if rate_limited:
+                item.rate_limited += 1
+                exhausted = item.rate_limited > self.config.max_rate_limited_retries
             else:
-                self.ledger.record_retry(self._model, item.phase, isinstance(error, RateLimited))
+                item.attempts += 1
+                exhausted = item.attempts > self.config.max_retries
+            if exhausted:
+                attempts = item.attempts + item.rate_limited
+                self._fail_with(item, RequestFailed(str(error), error.kind, attempts))
+            else:
+                self.ledger.record_retry(self._model, item.phase, rate_limited)
                 retry.append(item)
         if retry:
             logger.debug("retrying %d request(s) in %.2f s after: %s", len(retry), delay, error)

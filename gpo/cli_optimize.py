@@ -489,6 +489,8 @@ def _short(text: str, width: int = 48) -> str:
 def print_summary(summary: Mapping[str, Any], run_path: Path) -> None:
     """The final table on stdout: prompts, scores, cost and improvement per dollar."""
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 140))  # a log file has room for the prompts
     table = Table(title=f"{summary['method']}: initial vs final prompt (scores in %)")
     for column in ("task", "initial prompt", "final prompt", "dev", "test", "steps"):
         table.add_column(column, overflow="fold")

@@ -78,6 +78,10 @@ class BudgetStop(GpoError):
     """Internal: the run's budget is spent; the task ends with what it has."""
 
 
+class ScoringFailed(GpoError):
+    """Every sample of a prompt failed to score: its mean would be a made-up 0."""
+
+
 def steps_per_epoch(train_size: int, batch_size: int) -> int:
     """train_n // batch, plus one when the remainder is at least half a batch (the reference)."""
     steps = train_size // batch_size
@@ -441,14 +445,42 @@ class _TaskRun:
         if outcome.stopped_by_budget:
             # Scores of a half-finished evaluation would be wrong: keep none of them.
             raise BudgetStop(outcome.stopped_by_budget)
+        records = self._sorted_records(outcome, samples)
         if self.recorder is not None:
             rows = []
-            for record in self._sorted_records(outcome, samples):
+            for record in records:
                 row = record.to_json() if hasattr(record, "to_json") else dict(vars(record))
                 row.update({"step": step, "purpose": purpose})
                 rows.append(row)
             self.recorder.append("scores", rows)
+        self._check_failures(records, len(prompts), len(samples), split, step)
         return outcome
+
+    def _check_failures(
+        self, records: Sequence[Any], prompts: int, samples: int, split: str, step: int
+    ) -> None:
+        """Warn about failed samples (left out of the mean); stop when a prompt has no score."""
+        failed = [record for record in records if record.failure is not None]
+        if not failed or samples == 0:
+            return
+        answered = [0] * prompts
+        for record in records:
+            if record.failure is None:
+                answered[record.prompt_index] += 1
+        if min(answered) == 0:
+            raise ScoringFailed(
+                f"task {self.name}, step {step}: no {split} sample of a prompt could be scored "
+                f"({len(failed)} of {prompts * samples} failed; first: {failed[0].failure}); "
+                "the finished work is saved, continue with --resume"
+            )
+        logger.warning(
+            "task %s step %d: %d of %d %s samples failed and are left out of the means",
+            self.name,
+            step,
+            len(failed),
+            prompts * samples,
+            split,
+        )
 
     async def _evaluate(
         self,

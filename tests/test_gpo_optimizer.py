@@ -10,7 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from benchmarks import PromptLayout
+from backends.errors import ClientRequestError
+from benchmarks import PromptLayout, load_task
 from engine.cache import ResponseCache
 from engine.engine import Engine, EngineConfig
 from engine.evaluator import Evaluator, EvaluatorSettings
@@ -18,7 +19,7 @@ from engine.ledger import Ledger
 from engine.prices import ModelPrice, PriceTable
 from gpo.config import OptimizerConfig
 from gpo.methods import config_for_method
-from gpo.optimizer import draw_format_indices, steps_per_epoch, total_steps
+from gpo.optimizer import ScoringFailed, draw_format_indices, steps_per_epoch, total_steps
 from gpo.run_dir import RunDirectory
 from gpo.runner import RunSpec, run_optimization
 from gpo.schedules import WordBudgetSchedule
@@ -282,3 +283,39 @@ async def test_opro_shows_the_best_scored_prompts(tmp_path: Path) -> None:
     shown = [line.removeprefix("Prompt: ") for line in lines if line.startswith("Prompt: ")]
     assert shown == [row["prompt"] for row in ranked]
     assert "You are allowed to change" not in last_update
+
+
+class RefusingScorer(FakeScorer):
+    """Refuses (HTTP 400) questions that start with one of `refused` when the prompt is CoT."""
+
+    def __init__(self, refused: tuple[str, ...]) -> None:
+        super().__init__()
+        self.refused = refused
+
+    async def chat(self, messages, params):  # type: ignore[no-untyped-def]
+        content = messages[0][1]
+        if content.endswith("Let's think step by step.") and content.startswith(self.refused):
+            raise ClientRequestError("HTTP 400: refused", endpoint="fake://scorer", status=400)
+        return await super().chat(messages, params)
+
+
+async def test_failed_samples_are_left_out_of_the_mean(tmp_path: Path, caplog) -> None:
+    first_question = load_task("bbh/navigate", DATA_DIR).split("eval")[0].input
+    config = config_for_method("gpo", **SMALL, steps=1)
+    summary, *_ = await optimize(
+        tmp_path / "run", config, scorer_backend=RefusingScorer((first_question,))
+    )
+    scores = read_jsonl(tmp_path / "run" / "tasks" / "bbh__navigate" / "scores.jsonl")
+    initial = [row for row in scores if row["purpose"] == "initial"]
+    assert sum(row["failure"] is not None for row in initial) == 1
+    answered = [row["score"] for row in initial if row["failure"] is None]
+    assert summary["tasks"][0]["initial_dev"] == pytest.approx(sum(answered) / len(answered))
+    assert "1 of 8 eval samples failed" in caplog.text
+
+
+async def test_a_prompt_with_no_scored_sample_stops_the_run_resumably(tmp_path: Path) -> None:
+    config = config_for_method("gpo", **SMALL, steps=1)
+    with pytest.raises(ScoringFailed, match="no eval sample of a prompt could be scored"):
+        await optimize(tmp_path / "run", config, scorer_backend=RefusingScorer(("",)))
+    state = orjson.loads((tmp_path / "run" / "state.json").read_bytes())
+    assert state["status"] == "failed" and "ScoringFailed" in state["error"]

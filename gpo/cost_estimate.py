@@ -1,0 +1,348 @@
+"""Dry-run cost estimate of one task's optimisation: calls, tokens and dollars, before any call.
+
+What an optimisation sends is known from its configuration and the data, except the lengths the
+models will write. The estimate counts:
+
+- Scorer chains: the initial prompt on dev, `candidates` new prompts on dev at every step, and
+  the test prompts (initial and final, or every step's) on test. Each chain is the first turn
+  (laid out by `benchmarks.build_prompt`) plus, where the task has one, the answer-pinning second
+  turn, whose prompt holds the first turn, the first answer and the follow-up question. All
+  candidates are assumed new (the loop scores a repeated prompt only once, so this is an upper
+  bound when the optimizer repeats itself).
+- Prompt tokens are counted exactly on the rendered prompts (the chat template the engine renders
+  with, or the contents plus a per-message overhead), with a candidate prompt of the expected
+  length in place of the prompts the optimizer has not written yet.
+- Completion tokens are the expected output lengths: `first_turn_output_tokens` for the first
+  turn (the expectation of min(length, max_tokens)), the mean gold answer's length for the
+  pinned second turn, the expected candidate length for the optimizer's answers.
+- Optimizer calls: one meta-prompt per step, rendered exactly (trajectory entries of the expected
+  length, the run's format examples, the step's word budget); one call with n = candidates where
+  the endpoint honours n (the prompt is paid for once), else one call per candidate.
+
+Dollars come from `engine.prices.PriceTable` when the models are priced there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from backends.chat_template import get_chat_template
+from backends.protocol import Message
+from benchmarks import PromptLayout, Sample, Task, answer_turn, build_prompt
+from engine.prices import PriceTable
+from gpo.config import COT_PROMPT, OptimizerConfig
+from gpo.meta_prompts import FormatExample, render_update_prompt
+from gpo.optimizer import draw_format_indices, total_steps
+from gpo.trajectory import TrajectoryEntry
+
+Tokenizer = Callable[[str], int]
+
+CANDIDATE_MARKERS = "<START><END>"
+CHAT_MESSAGE_OVERHEAD_TOKENS = 4
+"""Tokens per message that hosted chat APIs add when no template is named (OpenAI's rule)."""
+DEFAULT_FIRST_TURN_OUTPUT_TOKENS = 150.0
+REFERENCE_RUN_PROMPT_WORDS = 27
+"""Mean length of the reference run's final prompts (`reference_prompts.jsonl`), in words."""
+
+
+def approximate_tokens(text: str) -> int:
+    """The usual rule of thumb: one token per 4 characters, rounded up."""
+    return math.ceil(len(text) / 4)
+
+
+@dataclass(frozen=True, slots=True)
+class CostEstimate:
+    """What an optimisation is expected to cost, split by model role."""
+
+    scorer_calls: int
+    optimizer_calls: int
+    scorer_prompt_tokens: int
+    scorer_completion_tokens: int
+    optimizer_prompt_tokens: int
+    optimizer_completion_tokens: int
+    usd: float | None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.scorer_prompt_tokens + self.optimizer_prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.scorer_completion_tokens + self.optimizer_completion_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scorer_calls": self.scorer_calls,
+            "optimizer_calls": self.optimizer_calls,
+            "scorer_prompt_tokens": self.scorer_prompt_tokens,
+            "scorer_completion_tokens": self.scorer_completion_tokens,
+            "optimizer_prompt_tokens": self.optimizer_prompt_tokens,
+            "optimizer_completion_tokens": self.optimizer_completion_tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "usd": self.usd,
+        }
+
+
+def expected_output_tokens(lengths: Any, max_tokens: int, points: int = 4096) -> float:
+    """E[min(L, max_tokens)] for an output-length distribution with a `sample(u)` method
+    (e.g. `backends.simulated.config.OutputLengths`), by the midpoint rule over its quantiles."""
+    total = sum(min(lengths.sample((i + 0.5) / points), max_tokens) for i in range(points))
+    return total / points
+
+
+def _filler(tokens: float, tokenizer: Tokenizer) -> str:
+    """A text of about `tokens` tokens (exact for 4-characters-per-token tokenizers)."""
+    count = max(0, round(tokens))
+    text = "word " * count
+    while count and tokenizer(text) > count:
+        text = text[:-1]
+    return text.strip()
+
+
+class _Renderer:
+    """Token counts of chat prompts as the scorer or optimizer will see them."""
+
+    def __init__(self, tokenizer: Tokenizer, chat_template: str | None) -> None:
+        self.tokenizer = tokenizer
+        self._render = get_chat_template(chat_template) if chat_template else None
+
+    def tokens(self, messages: Sequence[Message]) -> int:
+        if self._render is not None:
+            return self.tokenizer(self._render(messages))
+        return 2 + sum(
+            CHAT_MESSAGE_OVERHEAD_TOKENS + self.tokenizer(content) for _, content in messages
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _ChainCost:
+    calls: int
+    prompt_tokens: float
+    completion_tokens: float
+
+
+def _chain_cost(
+    task: Task,
+    samples: Sequence[Sample],
+    instruction: str,
+    layout: PromptLayout,
+    renderer: _Renderer,
+    first_turn_output_tokens: float,
+    follow_up_output_tokens: float,
+) -> _ChainCost:
+    """Calls and tokens of scoring `instruction` on `samples` (both turns)."""
+    calls = 0
+    prompt = completion = 0.0
+    answer = _filler(first_turn_output_tokens, renderer.tokenizer)
+    for sample in samples:
+        first = build_prompt(instruction, sample, layout)
+        if isinstance(first, str):
+            calls += 1
+            prompt += renderer.tokenizer(first)
+            completion += first_turn_output_tokens
+            continue
+        calls += 1
+        prompt += renderer.tokens(first)
+        completion += first_turn_output_tokens
+        follow_up = answer_turn(task, sample)
+        if follow_up is not None:
+            calls += 1
+            prompt += renderer.tokens((*first, ("assistant", answer), ("user", follow_up)))
+            completion += follow_up_output_tokens
+    return _ChainCost(calls, prompt, completion)
+
+
+def estimate_optimization_cost(
+    task: Task,
+    *,
+    steps: int,
+    candidates: int,
+    dev_size: int | None = None,
+    test_size: int | None = None,
+    layout: PromptLayout | None = None,
+    initial_prompt: str = COT_PROMPT,
+    test_prompts: int = 2,
+    first_turn_max_tokens: int = 256,
+    follow_up_max_tokens: int = 100,
+    optimizer_max_tokens: int = 512,
+    first_turn_output_tokens: float = DEFAULT_FIRST_TURN_OUTPUT_TOKENS,
+    follow_up_output_tokens: float | None = None,
+    candidate_prompt_words: float | None = None,
+    optimizer_output_tokens: float | None = None,
+    tokenizer: Tokenizer = approximate_tokens,
+    chat_template: str | None = "chatml",
+    optimizer_chat_template: str | None = None,
+    multiple_choices: bool = True,
+    config: OptimizerConfig | None = None,
+    scorer_model: str | None = None,
+    optimizer_model: str | None = None,
+    prices: PriceTable | None = None,
+) -> CostEstimate:
+    """The expected calls, tokens and dollars of one task's optimisation (see the module doc).
+
+    `candidate_prompt_words` is the expected length of the prompts the optimizer will write; by
+    default the mean of the initial prompt's and the reference run's final prompts' lengths
+    (prompts grow from the first towards the last). `config` supplies the meta-prompt's settings
+    (trajectory size, word budgets, format examples, score scale); `None` means GPO's defaults.
+    """
+    config = config or OptimizerConfig()
+    layout = layout or PromptLayout(position=config.instruction_position)
+    dev = task.split("eval")[:dev_size]
+    test = task.split("test")[:test_size] if test_prompts else ()
+    renderer = _Renderer(tokenizer, chat_template)
+    optimizer_renderer = _Renderer(tokenizer, optimizer_chat_template or chat_template)
+    if follow_up_output_tokens is None:
+        targets = [sample.target for sample in dev] or [""]
+        follow_up_output_tokens = sum(max(1, tokenizer(t)) for t in targets) / len(targets)
+    first_turn_output_tokens = min(first_turn_output_tokens, first_turn_max_tokens)
+    follow_up_output_tokens = min(follow_up_output_tokens, follow_up_max_tokens)
+    initial_words = len(initial_prompt.split())
+    if candidate_prompt_words is None:
+        candidate_prompt_words = (initial_words + REFERENCE_RUN_PROMPT_WORDS) / 2
+    candidate = _candidate_text(initial_prompt, candidate_prompt_words)
+
+    def chains(samples: Sequence[Sample], instruction: str) -> _ChainCost:
+        return _chain_cost(
+            task,
+            samples,
+            instruction,
+            layout,
+            renderer,
+            first_turn_output_tokens,
+            follow_up_output_tokens,
+        )
+
+    initial_dev = chains(dev, initial_prompt)
+    candidate_dev = chains(dev, candidate)
+    initial_test = chains(test, initial_prompt)
+    candidate_test = chains(test, candidate)
+    extra_test = max(0, test_prompts - 1)
+    scorer_parts = [
+        (initial_dev, 1),
+        (candidate_dev, steps * candidates),
+        (initial_test, 1 if test_prompts else 0),
+        (candidate_test, extra_test),
+    ]
+    scorer_calls = sum(part.calls * times for part, times in scorer_parts)
+    scorer_prompt = sum(part.prompt_tokens * times for part, times in scorer_parts)
+    scorer_completion = sum(part.completion_tokens * times for part, times in scorer_parts)
+
+    if optimizer_output_tokens is None:
+        optimizer_output_tokens = tokenizer(candidate) + tokenizer(CANDIDATE_MARKERS)
+    optimizer_output_tokens = min(optimizer_output_tokens, optimizer_max_tokens)
+    examples = _format_examples(task, config)
+    optimizer_prompt = 0.0
+    for step in range(steps):
+        trajectory_length = step + 1
+        shown_count = 0 if config.direction in ("none", "summary") else config.trajectory_k
+        shown = [
+            TrajectoryEntry(i, candidate, 0.5) for i in range(min(shown_count, trajectory_length))
+        ]
+        budget = config.schedule.budget(trajectory_length, steps) if steps else None
+        meta_prompt = render_update_prompt(
+            style=config.update,
+            current=TrajectoryEntry(step, candidate, 0.5),
+            examples=examples,
+            position=config.instruction_position,
+            shown=shown,
+            word_budget=budget,
+            score_scale=config.score_scale,
+        )
+        optimizer_prompt += optimizer_renderer.tokens((("user", meta_prompt),))
+    calls_per_step = 1 if multiple_choices or candidates == 1 else candidates
+    optimizer_calls = steps * calls_per_step
+    optimizer_prompt *= calls_per_step
+    optimizer_completion = steps * candidates * optimizer_output_tokens
+
+    usd = _dollars(
+        prices or PriceTable(),
+        [
+            (scorer_model, scorer_prompt, scorer_completion),
+            (optimizer_model, optimizer_prompt, optimizer_completion),
+        ],
+    )
+    return CostEstimate(
+        scorer_calls=scorer_calls,
+        optimizer_calls=optimizer_calls,
+        scorer_prompt_tokens=round(scorer_prompt),
+        scorer_completion_tokens=round(scorer_completion),
+        optimizer_prompt_tokens=round(optimizer_prompt),
+        optimizer_completion_tokens=round(optimizer_completion),
+        usd=usd,
+    )
+
+
+def estimate_for_config(
+    task: Task,
+    config: OptimizerConfig,
+    *,
+    layout: PromptLayout | None = None,
+    **options: Any,
+) -> CostEstimate:
+    """`estimate_optimization_cost` with steps, sizes and lengths read from an OptimizerConfig
+    (what `gpo optimize --dry-run` prints); `options` pass through (tokenizer, models, ...)."""
+    if not config.optimize:
+        steps = 0
+        candidates = 0
+    else:
+        train = task.split("train")[: config.train_size]
+        steps = total_steps(config, len(train))
+        candidates = config.candidates
+    test_prompts = 0
+    if config.evaluate_test:
+        test_prompts = 1 if not config.optimize else 2 + (steps if config.test_every_step else 0)
+    return estimate_optimization_cost(
+        task,
+        steps=steps,
+        candidates=candidates,
+        dev_size=config.dev_size,
+        test_size=config.test_size,
+        layout=layout,
+        initial_prompt=config.initial_prompt,
+        test_prompts=test_prompts,
+        optimizer_max_tokens=config.optimizer_max_tokens,
+        config=config,
+        **options,
+    )
+
+
+def _candidate_text(initial_prompt: str, words: float) -> str:
+    """A stand-in for a future candidate: the initial prompt's words, repeated to length."""
+    base = initial_prompt.split() or ["Answer"]
+    count = max(1, round(words))
+    return " ".join(base[i % len(base)] for i in range(count))
+
+
+def _format_examples(task: Task, config: OptimizerConfig) -> list[FormatExample]:
+    """The format examples the loop will draw for this task (same seed, same draws)."""
+    format_all = task.split("format")
+    indices = draw_format_indices(
+        config.seed,
+        (len(task.split("train")), len(task.split("eval")), len(task.split("test"))),
+        len(format_all),
+        config.format_examples,
+    )
+    return [FormatExample(format_all[i].input, format_all[i].target) for i in indices]
+
+
+def _dollars(
+    prices: PriceTable, parts: Sequence[tuple[str | None, float, float]]
+) -> float | None:
+    total = 0.0
+    for model, prompt, completion in parts:
+        if model is None:
+            continue
+        price = prices.price(model)
+        if price is None:
+            return None
+        total += price.token_cost(round(prompt), round(completion))
+    return total if any(model is not None for model, _, _ in parts) else None

@@ -1,0 +1,138 @@
+"""The engine against the simulated vLLM server: volume, de-duplication, cache, 429 storms and
+every injected fault kind, end to end over real loopback HTTP."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from backends.openai_client import OpenAICompatibleBackend
+from backends.protocol import Capabilities, Request, SamplingParams
+from backends.simulated import SimulatedServer, SimulatedServerConfig
+from backends.simulated.config import FaultRates, RateLimits
+from backends.simulated.metrics import metric_total, parse_prometheus
+from engine.cache import ResponseCache
+from engine.engine import Engine, EngineConfig, RequestFailed
+
+MODEL = "simulated-llama-2-7b-chat"
+PARAMS = SamplingParams(max_tokens=16)
+
+
+async def served_sequences(url: str) -> float:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
+        samples = parse_prometheus(await response.text())
+    return metric_total(samples, "sim_sequences_served_total")
+
+
+async def rate_limited_answers(url: str) -> float:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
+        samples = parse_prometheus(await response.text())
+    return metric_total(samples, "sim_rate_limited_total")
+
+
+def engine_for(url: str, cache: ResponseCache | None = None, **config) -> Engine:
+    backend = OpenAICompatibleBackend(
+        f"{url}/v1", MODEL, capabilities=Capabilities(max_concurrency=256), request_timeout_s=2.0
+    )
+    settings = {"backoff_base_s": 0.02, "backoff_max_s": 0.2, "max_retries": 12}
+    settings.update(config)
+    return Engine(backend, EngineConfig(**settings), cache=cache)
+
+
+async def direct_answer(url: str, prompt: str) -> str:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{url}/v1/completions",
+            json={"model": MODEL, "prompt": prompt, "max_tokens": 16, "temperature": 0.0},
+        ) as response,
+    ):
+        return (await response.json())["choices"][0]["text"]
+
+
+async def test_ten_thousand_requests_correct_deduplicated_then_cached(tmp_path):
+    prompts = [f"Question {i % 2500}: how many legs has a spider?" for i in range(10_000)]
+    requests = [Request(prompt=p, params=PARAMS) for p in prompts]
+    async with SimulatedServer(SimulatedServerConfig(zero_latency=True)) as server:
+        cache_path = tmp_path / "cache.sqlite"
+        async with engine_for(server.url, ResponseCache(cache_path)) as engine:
+            first = await engine.generate_many(requests)
+        assert not [r for r in first if isinstance(r, RequestFailed)]
+        # Each distinct prompt reached the server once: the rest were shared or cached.
+        assert await served_sequences(server.url) == 2500
+        for index in (0, 1, 777, 2499, 9999):
+            assert first[index].text == await direct_answer(server.url, prompts[index])
+        assert all(first[i].text == first[i % 2500].text for i in range(10_000))
+        totals = engine.ledger.snapshot()["totals"]
+        assert totals["requests"] == 2500
+        assert totals["cache_hits"] + totals["deduplicated"] == 7500
+
+        before = await served_sequences(server.url)
+        async with engine_for(server.url, ResponseCache(cache_path)) as engine:
+            second = await engine.generate_many(requests)
+        assert await served_sequences(server.url) == before  # zero server requests
+        assert [r.text for r in second] == [r.text for r in first]
+        totals = engine.ledger.snapshot()["totals"]
+        assert totals["requests"] == 0 and totals["cost_usd"] == 0
+        assert totals["cache_hits"] == 10_000
+
+
+async def test_429_storm_ends_with_every_request_answered():
+    # A simulated minute lasts one real second: a burst of 60 calls, then 60 calls per second.
+    limits = RateLimits(requests_per_minute=60)
+    config = SimulatedServerConfig(zero_latency=True, rate_limits=limits, time_scale=60.0)
+    requests = [Request(prompt=f"q{i}", params=PARAMS) for i in range(300)]
+    async with SimulatedServer(config) as server:
+        # No client-side limit: the engine only learns from 429s and Retry-After.
+        async with engine_for(server.url, max_batch_size=1, max_concurrency=64) as engine:
+            results = await engine.generate_many(requests)
+        assert not [r for r in results if isinstance(r, RequestFailed)]
+        assert await rate_limited_answers(server.url) > 0
+        assert await served_sequences(server.url) == 300
+        assert engine.window.decreases > 0  # AIMD reacted to the storm
+
+
+async def test_client_side_rate_limit_keeps_429s_rare():
+    limits = RateLimits(requests_per_minute=60)
+    config = SimulatedServerConfig(zero_latency=True, rate_limits=limits, time_scale=60.0)
+    requests = [Request(prompt=f"q{i}", params=PARAMS) for i in range(150)]
+    async with SimulatedServer(config) as server:
+        # The server's minute is one real second at time_scale 60.
+        async with engine_for(
+            server.url, max_batch_size=1, requests_per_minute=60, rate_window_s=1.0
+        ) as engine:
+            results = await engine.generate_many(requests)
+        assert not [r for r in results if isinstance(r, RequestFailed)]
+        assert await rate_limited_answers(server.url) <= 1
+
+
+@pytest.mark.parametrize(
+    "fault",
+    ["server_error", "connection_reset", "hang", "malformed_json", "truncated_body", "slow_body"],
+)
+async def test_each_fault_kind_is_recovered(fault):
+    requests = [Request(prompt=f"fault test {i}", params=PARAMS) for i in range(120)]
+    async with SimulatedServer(SimulatedServerConfig(zero_latency=True)) as clean:
+        async with engine_for(clean.url) as engine:
+            expected = [r.text for r in await engine.generate_many(requests)]
+    rates = FaultRates(**{fault: 0.2, "slow_body_seconds": 0.3, "hang_seconds": 5.0, "seed": 3})
+    config = SimulatedServerConfig(zero_latency=True, faults=rates)
+    async with SimulatedServer(config) as server:
+        async with engine_for(server.url, max_batch_size=8) as engine:
+            results = await engine.generate_many(requests)
+    failed = [r for r in results if isinstance(r, RequestFailed)]
+    assert not failed, failed[:1]
+    assert [r.text for r in results] == expected
+    if fault != "slow_body":  # a slow body still arrives whole: nothing to retry
+        assert engine.ledger.snapshot()["totals"]["retries"] > 0
+
+
+async def test_faults_beyond_the_retry_bound_are_reported_not_dropped():
+    rates = FaultRates(server_error=1.0)
+    async with SimulatedServer(SimulatedServerConfig(zero_latency=True, faults=rates)) as server:
+        async with engine_for(server.url, max_retries=2) as engine:
+            results = await engine.generate_many(
+                [Request(prompt=f"x{i}", params=PARAMS) for i in range(10)]
+            )
+    assert all(isinstance(r, RequestFailed) and r.kind == "server_error" for r in results)
+    assert engine.ledger.snapshot()["totals"]["failures"] == 10
