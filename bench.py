@@ -1248,12 +1248,12 @@ def server_counts(metrics_url: str) -> tuple[int, int, int] | None:
     except OSError:
         return None
     requests = limited = answered = 0
-    seen = False
+    names = {key.partition("{")[0] for key in samples}
+    seen = "sim_sequences_served_total" in names or "http_requests_total" in names
     for key, value in samples.items():
         name, _, labels = key.partition("{")
         if name == "sim_http_requests_total":
             if "/v1/completions" in labels or "/v1/chat/completions" in labels:
-                seen = True
                 requests += int(value)
                 if 'status="429"' in labels:
                     limited += int(value)
@@ -1262,11 +1262,8 @@ def server_counts(metrics_url: str) -> tuple[int, int, int] | None:
         elif name == "http_requests_total" and (
             '"/v1/completions"' in labels or '"/v1/chat/completions"' in labels
         ):
-            # vLLM's own server (prometheus-fastapi-instrumentator): statuses grouped as 2xx...
-            seen = True
+            # vLLM's own server (prometheus-fastapi-instrumentator) groups statuses as 2xx, 4xx.
             requests += int(value)
-            if 'status="4xx"' in labels or 'status="429"' in labels:
-                limited += 0
             if 'status="2xx"' in labels:
                 answered += int(value)
     return (requests, limited, answered) if seen else None

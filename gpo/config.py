@@ -64,7 +64,7 @@ class OptimizerConfig:
         check_choice(self.relevance_order, RELEVANCE_ORDERS, "--relevance-order", "order")
         positive = {
             "--epochs": self.epochs,
-            "--batch-size": self.batch_size,
+            "--train-batch-size": self.batch_size,
             "--candidates": self.candidates,
             "--trajectory-k": self.trajectory_k,
             "--optimizer-max-tokens": self.optimizer_max_tokens,

@@ -28,7 +28,6 @@ cleanly with status "stopped" and the best prompt found so far.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -177,7 +176,8 @@ class _TaskRun:
             if self.total < 1:
                 raise ConfigError(
                     f"task {self.name}: {len(self.train)} training samples give no step with "
-                    f"--batch-size {cfg.batch_size}; pass --steps or a smaller --batch-size"
+                    f"--train-batch-size {cfg.batch_size}; pass --steps or a smaller "
+                    "--train-batch-size"
                 )
             if cfg.reflection and not self.train:
                 raise ConfigError(
@@ -228,14 +228,14 @@ class _TaskRun:
 
     async def _score_fixed_prompt(self) -> float | None:
         prompt = self.config.initial_prompt
-        evaluations = [self._evaluate("eval", self.dev, [prompt], INITIAL_STEP, "initial")]
-        if self.config.evaluate_test and self.test:
-            evaluations.append(self._evaluate("test", self.test, [prompt], INITIAL_STEP, "test"))
-        scores = await asyncio.gather(*evaluations)
-        entry = TrajectoryEntry(INITIAL_STEP, prompt, float(scores[0][0]))
+        (dev,) = await self._evaluate("eval", self.dev, [prompt], INITIAL_STEP, "initial")
+        entry = TrajectoryEntry(INITIAL_STEP, prompt, dev)
         self.trajectory.append(entry)
         self._record_trajectory(entry, None)
-        return float(scores[1][0]) if len(scores) > 1 else None
+        if not (self.config.evaluate_test and self.test):
+            return None
+        (test,) = await self._evaluate("test", self.test, [prompt], INITIAL_STEP, "test")
+        return test
 
     async def _score_initial(self) -> None:
         prompt = self.config.initial_prompt
