@@ -104,7 +104,8 @@ API_BURST_FRACTION = 0.02
 """Hosted APIs enforce per-minute limits over short windows (a 500 RPM limit is not 500 requests
 in the first second); the simulated buckets hold 1.2 simulated seconds of each limit."""
 
-MEGABYTE = 1024 * 1024
+MAX_RERUN_PASSES = 100
+RERUN_TIME_LIMIT_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,14 +122,17 @@ class Scale:
     time_scale: float
     api_time_scale: float
     run_budget_s: float
+    zero_latency_budget_s: float
     repeat: int
     in_process: bool = False
 
 
 SCALES: dict[str, Scale] = {
-    "full": Scale("full", 8, 48, 18, 144, (1_000, 10_000, 100_000), 20_000, 4.0, 10.0, 45.0, 3),
-    "quick": Scale("quick", 8, 16, 3, 24, (1_000, 4_000, 16_000), 4_000, 10.0, 20.0, 3.0, 1),
-    "smoke": Scale("smoke", 2, 4, 2, 4, (80, 160, 320), 160, 50.0, 50.0, 0.5, 1, True),
+    "full": Scale(
+        "full", 8, 48, 18, 144, (1_000, 10_000, 100_000), 20_000, 4.0, 10.0, 30.0, 5.0, 3
+    ),
+    "quick": Scale("quick", 8, 16, 3, 24, (1_000, 4_000, 16_000), 4_000, 10.0, 20.0, 3.0, 1.0, 1),
+    "smoke": Scale("smoke", 2, 4, 2, 4, (80, 160, 320), 160, 50.0, 50.0, 0.5, 0.3, 1, True),
 }
 FULL_SCALE_EXTRA_W5 = 1_000_000
 
@@ -250,17 +254,28 @@ def _short_count(size: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class PromptGroup:
+    """One candidate prompt and the chains (global id, sample) to score it on."""
+
+    prompt: str
+    chains: tuple[tuple[int, Sample], ...]
+
+    @property
+    def samples(self) -> tuple[Sample, ...]:
+        return tuple(sample for _, sample in self.chains)
+
+
+@dataclass(frozen=True, slots=True)
 class RoundPlan:
     """A round resolved against the task's data; chain ids are global and prompt-major."""
 
     label: str
     split: str
-    prompts: tuple[str, ...]
-    samples: tuple[Sample, ...]
-    first_chain: int
+    groups: tuple[PromptGroup, ...]
 
-    def chain_id(self, prompt_index: int, sample_index: int) -> int:
-        return self.first_chain + prompt_index * len(self.samples) + sample_index
+    @property
+    def chains(self) -> int:
+        return sum(len(group.chains) for group in self.groups)
 
 
 def plan_rounds(workload: Workload, task: Task, chain_cap: int | None = None) -> list[RoundPlan]:
@@ -275,8 +290,25 @@ def plan_rounds(workload: Workload, task: Task, chain_cap: int | None = None) ->
             if room <= 0:
                 break
             prompts = prompts[: max(1, room // len(samples))]
-        plans.append(RoundPlan(scoring_round.label, scoring_round.split, prompts, samples, first))
-        first += len(prompts) * len(samples)
+        groups = []
+        for prompt in prompts:
+            groups.append(PromptGroup(prompt, tuple(enumerate(samples, start=first))))
+            first += len(samples)
+        plans.append(RoundPlan(scoring_round.label, scoring_round.split, tuple(groups)))
+    return plans
+
+
+def failed_chains(rounds: Sequence[RoundPlan], transcript: Transcript) -> list[RoundPlan]:
+    """The rounds reduced to the chains that failed and are still unanswered (for a re-run)."""
+    plans = []
+    for plan in rounds:
+        groups = []
+        for group in plan.groups:
+            chains = tuple(c for c in group.chains if c[0] in transcript.unanswered)
+            if chains:
+                groups.append(PromptGroup(group.prompt, chains))
+        if groups:
+            plans.append(RoundPlan(plan.label, plan.split, tuple(groups)))
     return plans
 
 
@@ -395,9 +427,9 @@ def expected_transcript_workload(
     for plan in rounds:
         firsts: list[tuple[str, int]] = []
         seconds: list[tuple[str, int]] = []
-        for prompt in plan.prompts:
-            for sample in plan.samples:
-                messages = build_prompt(prompt, sample, layout)
+        for group in plan.groups:
+            for _, sample in group.chains:
+                messages = build_prompt(group.prompt, sample, layout)
                 assert not isinstance(messages, str)
                 rendered = render(messages)
                 text, tokens = answer(rendered, FIRST_TURN_PARAMS.max_tokens)
@@ -482,21 +514,28 @@ class ServerHandle:
 
 
 class Transcript:
-    """What a contender produced: per chain, its answers (both turns) or a failure."""
+    """What a contender produced: per chain, its answers (both turns) or a failure.
 
-    __slots__ = ("answers", "failed", "scores")
+    `failed` counts every time a pattern gave up on a chain; `unanswered` holds the chains
+    that failed and have not been answered since (by a re-run).
+    """
+
+    __slots__ = ("answers", "failed", "scores", "unanswered")
 
     def __init__(self, size: int) -> None:
         self.answers: list[tuple[str, ...] | None] = [None] * size
         self.scores: list[float | None] = [None] * size
         self.failed = 0
+        self.unanswered: set[int] = set()
 
     def record(self, chain: int, answers: tuple[str, ...], score: float) -> None:
         self.answers[chain] = answers
         self.scores[chain] = score
+        self.unanswered.discard(chain)
 
     def fail(self, chain: int) -> None:
         self.failed += 1
+        self.unanswered.add(chain)
 
     def digests(self) -> list[str | None]:
         return [
@@ -614,16 +653,27 @@ async def _engine_rounds(ctx: RunContext) -> None:
             for plan in ctx.rounds:
                 if ctx.chains_done and ctx.out_of_time():
                     return
-                view = TaskView(ctx.task, {plan.split: plan.samples})
-                result = await evaluator.evaluate(view, list(plan.prompts), plan.split)
-                position = {sample.id: i for i, sample in enumerate(plan.samples)}
-                for record in result.records:
-                    chain = plan.chain_id(record.prompt_index, position[record.sample_id])
-                    if record.failure is None:
-                        ctx.transcript.record(chain, record.answers, record.score)
-                    else:
-                        ctx.transcript.fail(chain)
-                    ctx.chains_done += 1
+                # A round is one evaluator call when every prompt has the same samples (always,
+                # except when re-running failed chains: then one call per prompt, all at once).
+                same_samples = len({group.samples for group in plan.groups}) == 1
+                batches = [plan.groups] if same_samples else [(g,) for g in plan.groups]
+
+                async def evaluate(groups: Sequence[PromptGroup], split: str) -> None:
+                    samples = groups[0].samples
+                    view = TaskView(ctx.task, {split: samples})
+                    prompts = [group.prompt for group in groups]
+                    result = await evaluator.evaluate(view, prompts, split)
+                    position = {sample.id: i for i, sample in enumerate(samples)}
+                    for record in result.records:
+                        group = groups[record.prompt_index]
+                        chain = group.chains[position[record.sample_id]][0]
+                        if record.failure is None:
+                            ctx.transcript.record(chain, record.answers, record.score)
+                        else:
+                            ctx.transcript.fail(chain)
+                        ctx.chains_done += 1
+
+                await asyncio.gather(*(evaluate(batch, plan.split) for batch in batches))
     finally:
         if cache is not None:
             cache.close()
@@ -659,16 +709,16 @@ def run_sequential(ctx: RunContext) -> None:
 
     try:
         for plan in ctx.rounds:
-            for p, prompt in enumerate(plan.prompts):
-                for s, sample in enumerate(plan.samples):
+            for group in plan.groups:
+                for chain, sample in group.chains:
                     if ctx.chains_done and ctx.out_of_time():
                         return
-                    first = _first_turn(ctx, prompt, sample)
+                    first = _first_turn(ctx, group.prompt, sample)
                     answers = [ask(first, FIRST_TURN_PARAMS.max_tokens)]
                     second = ctx.conversation(first, answers[0], sample)
                     if second is not None:
                         answers.append(ask(second, FOLLOW_UP_PARAMS.max_tokens))
-                    ctx.finish(plan.chain_id(p, s), sample, answers)
+                    ctx.finish(chain, sample, answers)
     finally:
         client.close()
 
@@ -700,33 +750,38 @@ def run_gpo_vllm(ctx: RunContext) -> None:
 
     try:
         for plan in ctx.rounds:
-            for p, prompt in enumerate(plan.prompts):
+            for group in plan.groups:
                 if ctx.chains_done and ctx.out_of_time():
                     return
-                firsts = [_first_turn(ctx, prompt, sample) for sample in plan.samples]
+                samples = group.samples
+                firsts = [_first_turn(ctx, group.prompt, sample) for sample in samples]
                 try:
                     first_answers = generate(
                         [render(m) for m in firsts], FIRST_TURN_PARAMS.max_tokens
                     )
                     seconds = [
                         ctx.conversation(m, a, sample)
-                        for m, a, sample in zip(firsts, first_answers, plan.samples, strict=True)
+                        for m, a, sample in zip(firsts, first_answers, samples, strict=True)
                     ]
                     pending = [i for i, c in enumerate(seconds) if c is not None]
-                    second_answers = generate(
-                        [render(seconds[i]) for i in pending],  # type: ignore[arg-type]
-                        FOLLOW_UP_PARAMS.max_tokens,
-                    ) if pending else []
+                    second_answers = (
+                        generate(
+                            [render(seconds[i]) for i in pending],  # type: ignore[arg-type]
+                            FOLLOW_UP_PARAMS.max_tokens,
+                        )
+                        if pending
+                        else []
+                    )
                 except openai.APIError:
-                    for s in range(len(plan.samples)):
-                        ctx.fail(plan.chain_id(p, s))
+                    for chain, _ in group.chains:
+                        ctx.fail(chain)
                     continue
                 by_sample = dict(zip(pending, second_answers, strict=True))
-                for s, sample in enumerate(plan.samples):
+                for s, (chain, sample) in enumerate(group.chains):
                     answers = [first_answers[s]]
                     if s in by_sample:
                         answers.append(by_sample[s])
-                    ctx.finish(plan.chain_id(p, s), sample, answers)
+                    ctx.finish(chain, sample, answers)
     finally:
         client.close()
 
@@ -771,16 +826,16 @@ def run_dspy_threads(ctx: RunContext, cache: dict[str, str] | None = None) -> No
 
     try:
         for plan in ctx.rounds:
-            for p, prompt in enumerate(plan.prompts):
+            for group in plan.groups:
                 if ctx.chains_done and ctx.out_of_time():
                     return
                 with ThreadPoolExecutor(max_workers=DSPY_THREADS) as pool:
-                    futures = [pool.submit(program, prompt, sample) for sample in plan.samples]
-                    for s, (future, sample) in enumerate(zip(futures, plan.samples, strict=True)):
+                    futures = [pool.submit(program, group.prompt, s) for _, s in group.chains]
+                    for future, (chain, sample) in zip(futures, group.chains, strict=True):
                         try:
-                            ctx.finish(plan.chain_id(p, s), sample, future.result())
+                            ctx.finish(chain, sample, future.result())
                         except openai.APIError:
-                            ctx.fail(plan.chain_id(p, s))
+                            ctx.fail(chain)
     finally:
         client.close()
 
@@ -855,15 +910,16 @@ async def _lm_eval_candidates(ctx: RunContext) -> None:
         }
 
     for plan in ctx.rounds:
-        for p, prompt in enumerate(plan.prompts):
+        for group in plan.groups:
             if ctx.chains_done and ctx.out_of_time():
                 return
-            firsts = [_first_turn(ctx, prompt, sample) for sample in plan.samples]
+            samples = group.samples
+            firsts = [_first_turn(ctx, group.prompt, sample) for sample in samples]
             first_answers = await harness_pass(
                 [(s, payload(m, FIRST_TURN_PARAMS.max_tokens)) for s, m in enumerate(firsts)]
             )
             seconds: dict[int, tuple[Message, ...]] = {}
-            for s, sample in enumerate(plan.samples):
+            for s, sample in enumerate(samples):
                 answer = first_answers[s]
                 if answer is not None:
                     conversation = ctx.conversation(firsts[s], answer, sample)
@@ -872,15 +928,15 @@ async def _lm_eval_candidates(ctx: RunContext) -> None:
             second_answers = await harness_pass(
                 [(s, payload(m, FOLLOW_UP_PARAMS.max_tokens)) for s, m in seconds.items()]
             )
-            for s, sample in enumerate(plan.samples):
+            for s, (chain, sample) in enumerate(group.chains):
                 first_answer = first_answers[s]
                 if first_answer is None or (s in seconds and second_answers[s] is None):
-                    ctx.fail(plan.chain_id(p, s))
+                    ctx.fail(chain)
                     continue
                 answers = [first_answer]
                 if s in seconds:
                     answers.append(second_answers[s])  # type: ignore[arg-type]
-                ctx.finish(plan.chain_id(p, s), sample, answers)
+                ctx.finish(chain, sample, answers)
 
 
 # -- AsyncOpenAI + asyncio.gather under a semaphore (what users write themselves) ---------------
@@ -926,9 +982,9 @@ async def _async_openai_rounds(ctx: RunContext) -> None:
                 return
             await asyncio.gather(
                 *(
-                    score(plan.chain_id(p, s), prompt, sample)
-                    for p, prompt in enumerate(plan.prompts)
-                    for s, sample in enumerate(plan.samples)
+                    score(chain, group.prompt, sample)
+                    for group in plan.groups
+                    for chain, sample in group.chains
                 )
             )
     finally:
@@ -995,9 +1051,7 @@ async def _cookbook_rounds(ctx: RunContext) -> None:
         retry_queue: asyncio.Queue[_CookbookRequest] = asyncio.Queue()
         follow_ups: deque[_CookbookRequest] = deque()
         new_requests = (
-            (plan.chain_id(p, s), prompt, sample)
-            for p, prompt in enumerate(plan.prompts)
-            for s, sample in enumerate(plan.samples)
+            (chain, group.prompt, sample) for group in plan.groups for chain, sample in group.chains
         )
         available_requests, available_tokens = rpm, tpm
         last_update = time.time()
@@ -1087,8 +1141,7 @@ async def _cookbook_rounds(ctx: RunContext) -> None:
                 available_tokens = min(available_tokens + tpm * elapsed_minutes, tpm)
                 last_update = now
                 if next_request is not None and (
-                    available_requests >= 1
-                    and available_tokens >= next_request.token_consumption
+                    available_requests >= 1 and available_tokens >= next_request.token_consumption
                 ):
                     available_requests -= 1
                     available_tokens -= next_request.token_consumption
@@ -1217,6 +1270,9 @@ class RunResult:
     rate_limited_429: int | None
     answered_requests: int | None
     failures: int
+    rerun_passes: int
+    unanswered: int
+    answered_turns: int
     digests: list[str | None]
 
 
@@ -1307,6 +1363,23 @@ def measure(spec: RunSpec, task: Task | None = None) -> RunResult:
     cpu_started = time.process_time()
     started = time.perf_counter()
     launch(ctx)
+    # A user re-runs what failed (lm-eval's cache, the cookbook's error file make that easy);
+    # the time counts, so that every contender ends with every request answered.
+    passes = 0
+    rerun_deadline = started + RERUN_TIME_LIMIT_S
+    while (
+        ctx.transcript.unanswered
+        and passes < MAX_RERUN_PASSES
+        and time.perf_counter() < rerun_deadline
+    ):
+        passes += 1
+        rerun = dataclasses.replace(
+            ctx,
+            rounds=failed_chains(rounds, ctx.transcript),
+            deadline=float("inf"),
+            chains_done=0,
+        )
+        launch(rerun)
     wall = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
     counts_after = server_counts(endpoint.metrics_url)
@@ -1334,6 +1407,9 @@ def measure(spec: RunSpec, task: Task | None = None) -> RunResult:
         limited,
         answered,
         transcript.failed,
+        passes,
+        len(transcript.unanswered),
+        sum(len(a) for a in transcript.answers if a is not None),
         transcript.digests(),
     )
 
@@ -1388,6 +1464,7 @@ class ContenderMetrics:
     rate_limited_429: int | None
     answered_requests: int | None
     failures: int
+    unanswered: int
     peak_memory_mb: float
     extrapolated: bool
     answers_vs_engine: str
@@ -1428,10 +1505,13 @@ def summarise_runs(
     limited = scaled([r.rate_limited_429 for r in runs])
     answered = scaled([r.answered_requests for r in runs])
     failures = scaled([r.failures for r in runs]) or 0
+    useful = scaled([r.answered_turns for r in runs]) or 0
     percent = None
-    if api_limits is not None and answered is not None:
+    if api_limits is not None:
+        # Requests that carry the workload's answers (one per chat turn); repeated work done by
+        # re-runs is not counted, so a contender cannot score by spending the allowance twice.
         per_s = api_limits.requests_per_minute * time_scale / 60.0
-        percent = 100.0 * answered / (api_limits.request_burst + per_s * wall)
+        percent = 100.0 * useful / (api_limits.request_burst + per_s * wall)
     elif limit_s is not None and wall > 0:
         percent = 100.0 * limit_s / wall
     extrapolated = any(r.scored_prompts_run < r.scored_prompts_total for r in runs)
@@ -1451,6 +1531,7 @@ def summarise_runs(
         rate_limited_429=limited,
         answered_requests=answered,
         failures=failures,
+        unanswered=max(r.unanswered for r in runs),
         peak_memory_mb=_median(r.peak_memory_mb for r in runs),
         extrapolated=extrapolated,
         answers_vs_engine=answers,
@@ -1459,7 +1540,7 @@ def summarise_runs(
 
 
 def compare_answers(reference: Sequence[str | None], other: Sequence[str | None]) -> str:
-    """"same" when every chain both answered has the same answers; else how many differ."""
+    """ "same" when every chain both answered has the same answers; else how many differ."""
     both = [(a, b) for a, b in zip(reference, other, strict=True) if a is not None and b]
     differ = sum(1 for a, b in both if a != b)
     if not both:
@@ -1571,7 +1652,8 @@ def run_benchmark(settings: BenchSettings, task: Task) -> list[WorkloadReport]:
             elif endpoint.api_limits is not None:
                 limits = endpoint.api_limits
                 limit_note = (
-                    f"% of limit = requests answered / requests allowed during the run "
+                    f"% of limit = the workload's requests (one per chat turn) / requests the limits "
+                    "allowed during the run "
                     f"({limits.request_burst:g} + {limits.requests_per_minute} per simulated "
                     "minute)"
                 )
@@ -1589,6 +1671,9 @@ def run_benchmark(settings: BenchSettings, task: Task) -> list[WorkloadReport]:
                 if settings.contenders is None or n in settings.contenders or n == "engine"
             ]
             runs: dict[str, list[RunResult]] = {n: [] for n in names}
+            budget_s = (
+                scale.zero_latency_budget_s if workload.server == "zero" else settings.budget_s
+            )
             copied_from_w1: set[str] = set()
             for repeat in range(settings.repeat):
                 for name in names:
@@ -1616,7 +1701,7 @@ def run_benchmark(settings: BenchSettings, task: Task) -> list[WorkloadReport]:
                         settings.full,
                         name,
                         endpoint.to_json(),
-                        settings.budget_s,
+                        budget_s,
                         chain_cap=_chain_cap(workload, name),
                         cache_path=cache_path,
                         warm_up_first=warm_up,
@@ -1657,12 +1742,24 @@ def run_benchmark(settings: BenchSettings, task: Task) -> list[WorkloadReport]:
                 answers = "reference"
                 if name != "engine" and reference is not None:
                     answers = compare_answers(reference, name_runs[0].digests)
-                note = ""
+                notes = []
                 if any(r.scored_prompts_run < r.scored_prompts_total for r in name_runs):
-                    note = (
+                    notes.append(
                         f"extrapolated from the first {name_runs[0].scored_prompts_run:,} "
-                        f"scored prompts (run budget {settings.budget_s:g} s)"
+                        f"scored prompts (run budget {budget_s:g} s)"
                     )
+                if any(r.rerun_passes for r in name_runs):
+                    notes.append(
+                        "gave up on some chains (column fail); re-ran them until answered ("
+                        + ", ".join(str(r.rerun_passes) for r in name_runs)
+                        + " extra passes), time included"
+                    )
+                if any(r.unanswered for r in name_runs):
+                    notes.append(
+                        "still unanswered after re-runs: "
+                        + ", ".join(str(r.unanswered) for r in name_runs)
+                    )
+                note = "; ".join(notes)
                 report.rows.append(
                     summarise_runs(
                         name,
@@ -1735,7 +1832,7 @@ def _row_cells(row: ContenderMetrics) -> list[str]:
         _fmt(row.client_cpu_us_per_scored_prompt, ",.0f"),
         mark + _fmt(row.http_requests, ","),
         mark + _fmt(row.rate_limited_429, ","),
-        mark + _fmt(row.failures, ","),
+        mark + _fmt(row.failures, ",") + ("!" if row.unanswered else ""),
         _fmt(row.peak_memory_mb, ".1f"),
         row.answers_vs_engine,
     ]
@@ -1765,6 +1862,8 @@ def render_table(report: WorkloadReport) -> str:
             lines.append(f"  {row.contender}: {row.note}")
     if any(r.extrapolated for r in report.rows):
         lines.append("  ~ extrapolated linearly from a measured prefix")
+    if any(r.unanswered for r in report.rows):
+        lines.append("  ! some chains were never answered: that row did less work")
     return "\n".join(lines)
 
 
@@ -1832,17 +1931,23 @@ def _engine_vs_others(report: WorkloadReport) -> list[BarLine]:
         lines.append(
             BarLine(
                 f"{key} engine >= 3x faster than both GPO reference patterns",
-                all((r.time_vs_engine or 0.0) >= 3.0 for r in references)
-                and len(references) == 2,
-                ", ".join(f"{r.contender} {r.time_vs_engine:.2f}x" for r in references),
+                all((r.time_vs_engine or 0.0) >= 3.0 for r in references) and len(references) == 2,
+                ", ".join(f"{r.contender} {r.time_vs_engine:.2f}x" for r in references)
+                + _limit_ceiling(report, references),
             )
         )
     return lines
 
 
-def bar_lines(
-    reports: Sequence[WorkloadReport], estimate: EstimateCheck | None
-) -> list[BarLine]:
+def _limit_ceiling(report: WorkloadReport, rows: Sequence[ContenderMetrics]) -> str:
+    """How much faster than each row the server's limit itself is: no client can beat that."""
+    if not report.limit_s:
+        return ""
+    ceilings = ", ".join(f"{r.contender} {r.wall_s / report.limit_s:.2f}x" for r in rows)
+    return f" (at the theoretical limit: {ceilings})"
+
+
+def bar_lines(reports: Sequence[WorkloadReport], estimate: EstimateCheck | None) -> list[BarLine]:
     by_key = {r.key: r for r in reports}
     lines: list[BarLine] = []
     for key in ("W1", "W2"):
@@ -1857,9 +1962,7 @@ def bar_lines(
                 "-" if rate is None else f"{rate:.1f}%",
             )
         )
-        lines.append(
-            BarLine("W3 engine zero failures", engine.failures == 0, f"{engine.failures}")
-        )
+        lines.append(BarLine("W3 engine zero failures", engine.failures == 0, f"{engine.failures}"))
         if engine.http_requests:
             share = 100.0 * (engine.rate_limited_429 or 0) / engine.http_requests
             lines.append(
@@ -1890,7 +1993,7 @@ def bar_lines(
     w5 = [by_key[k] for k in by_key if k.startswith("W5-")]
     w5_engine = [(r, r.row("engine")) for r in w5 if r.row("engine") is not None]
     if len(w5_engine) >= 2:
-        base_report, base = w5_engine[0]
+        base = w5_engine[0][1]
         assert base is not None
         per_prompt = [(r.key, 1e6 * row.wall_s / row.scored_prompts) for r, row in w5_engine]  # type: ignore[union-attr]
         base_us = per_prompt[0][1]
@@ -1904,7 +2007,7 @@ def bar_lines(
             )
         )
         sized = [(r, row) for r, row in w5_engine if row.scored_prompts <= 100_000]  # type: ignore[union-attr]
-        largest_report, largest = max(sized, key=lambda item: item[1].scored_prompts)  # type: ignore[union-attr]
+        _, largest = max(sized, key=lambda item: item[1].scored_prompts)  # type: ignore[union-attr]
         assert largest is not None
         lines.append(
             BarLine(
@@ -1915,9 +2018,7 @@ def bar_lines(
         )
     if "W6" in by_key and (engine := by_key["W6"].row("engine")) is not None:
         peer = by_key["W6"].row("async-openai")
-        peer_text = (
-            f"; AsyncOpenAI {peer.client_cpu_us_per_scored_prompt:,.0f} us" if peer else ""
-        )
+        peer_text = f"; AsyncOpenAI {peer.client_cpu_us_per_scored_prompt:,.0f} us" if peer else ""
         lines.append(
             BarLine(
                 "W6 client CPU <= 50 us per scored prompt",
@@ -1962,8 +2063,13 @@ class EstimateCheck:
 
     def describe(self) -> str:
         parts = []
-        for key in ("scorer_calls", "optimizer_calls", "scorer_tokens", "optimizer_tokens",
-                    "total_tokens"):
+        for key in (
+            "scorer_calls",
+            "optimizer_calls",
+            "scorer_tokens",
+            "optimizer_tokens",
+            "total_tokens",
+        ):
             parts.append(
                 f"{key} {self.estimated[key]:,} vs {self.measured[key]:,} "
                 f"({100 * self.error(key):+.1f}%)"
@@ -2018,8 +2124,7 @@ def check_estimate(task: Task) -> EstimateCheck:
         "scorer_calls": estimate.scorer_calls,
         "optimizer_calls": estimate.optimizer_calls,
         "scorer_tokens": estimate.scorer_prompt_tokens + estimate.scorer_completion_tokens,
-        "optimizer_tokens": estimate.optimizer_prompt_tokens
-        + estimate.optimizer_completion_tokens,
+        "optimizer_tokens": estimate.optimizer_prompt_tokens + estimate.optimizer_completion_tokens,
         "total_tokens": estimate.prompt_tokens + estimate.completion_tokens,
     }
     return EstimateCheck(estimated, measured)

@@ -1,20 +1,36 @@
-"""Persistent response cache: SQLite in WAL mode, orjson payloads, one row per answered request.
+"""Persistent response cache: SQLite in WAL mode, orjson payloads, one row per answered request,
+plus claims that let several processes share one cache file without paying twice for an answer.
 
 Answers are committed as each HTTP call returns (one transaction per call), before the waiting
 callers see them, so a killed run keeps every answer it was given. WAL lets several processes read
 while one writes; `busy_timeout` makes a writer wait for the lock instead of failing with
-"database is locked". A file that SQLite cannot read is moved aside (never deleted) and a fresh
-cache is started, so one bad file never stops a run.
+"database is locked" (opening a fresh file, which several processes may do at once, is retried
+the same way). A file that SQLite cannot read is moved aside (never deleted) and a fresh cache is
+started, so one bad file never stops a run; damage found later is logged and read as a miss.
+
+Cross-process in-flight de-duplication (claims). Before a process sends a call, it claims the
+call's keys in one transaction (`claim_many`): a key already answered comes back with its
+answer; a key with a *live* claim of another owner is reported as claimed elsewhere, and the
+caller waits for that answer (`poll_claims`, with backoff) instead of sending it again; every
+other key becomes the caller's claim (key, owner, host, pid, expiry). A claim is live while it
+has not expired and, on this host, its process still exists (pid and process start time match),
+so the claims of a killed process are ignored at once and those of a stuck one after their
+expiry. Storing answers (`put_many`) drops the writer's claims on them in the same transaction;
+`release_many` drops claims of requests that finally failed. Claims are renewed by claiming the
+same keys again (each retry of a call does), so a claim lives `ttl_s` past its latest attempt.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
+import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -24,14 +40,30 @@ from backends.protocol import Completion
 
 logger = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS responses (
-    key BLOB PRIMARY KEY,
-    payload BLOB NOT NULL,
-    created REAL NOT NULL
-) WITHOUT ROWID
-"""
+_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS responses (
+        key BLOB PRIMARY KEY,
+        payload BLOB NOT NULL,
+        created REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS claims (
+        key BLOB PRIMARY KEY,
+        owner TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        pid_started INTEGER,
+        expires REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
+)
 _BUSY_TIMEOUT_MS = 60_000
+_OPEN_ATTEMPTS_S = 60.0
+# Keys per SQL statement: below SQLite's oldest limit on bound variables (999).
+_KEYS_PER_STATEMENT = 500
+DEFAULT_CLAIM_TTL_S = 900.0
 
 
 def encode_completion(completion: Completion) -> bytes:
@@ -50,6 +82,67 @@ def decode_completion(payload: bytes) -> Completion:
     return Completion(tuple(texts), prompt_tokens, completion_tokens, tuple(reasons), cached=True)
 
 
+def _process_start_ticks(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _process_exists(pid: int, started: int | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, owned by someone else
+    except OSError:
+        return False
+    if started is not None:
+        now_started = _process_start_ticks(pid)
+        if now_started is not None and now_started != started:
+            return False  # the pid was reused by another process
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimOutcome:
+    """Where each claimed key stands.
+
+    `mine`: claimed by this cache now; send them. `answered`: answered by someone meanwhile;
+    use these answers. `elsewhere`: another live owner is answering them; wait with
+    `poll_claims` instead of sending them again.
+    """
+
+    mine: list[bytes] = field(default_factory=list)
+    answered: dict[bytes, Completion] = field(default_factory=dict)
+    elsewhere: list[bytes] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimPoll:
+    """`answered`: keys whose answer has arrived. `free`: keys no live owner claims any more
+    (the owner failed, died or let the claim expire): claim and send them yourself. Keys in
+    neither are still being answered elsewhere."""
+
+    answered: dict[bytes, Completion] = field(default_factory=dict)
+    free: list[bytes] = field(default_factory=list)
+
+
+def _chunks(keys: Sequence[bytes]) -> Iterable[Sequence[bytes]]:
+    for start in range(0, len(keys), _KEYS_PER_STATEMENT):
+        yield keys[start : start + _KEYS_PER_STATEMENT]
+
+
+def _placeholders(count: int) -> str:
+    return ",".join("?" * count)
+
+
 class ResponseCache:
     """Request key -> `Completion`, in one SQLite file shared safely between processes."""
 
@@ -57,6 +150,13 @@ class ResponseCache:
         self.path = Path(path)
         self.set_aside: Path | None = None
         self._lock = threading.Lock()
+        pid = os.getpid()
+        self._pid = pid
+        self._pid_started = _process_start_ticks(pid)
+        self._host = socket.gethostname()
+        # Unique per cache object: two engines of one process on one file are two owners.
+        self.owner = f"{self._host}:{pid}:{secrets.token_hex(6)}"
+        self._damage_reported = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -65,24 +165,42 @@ class ResponseCache:
             ) from None
         self._connection = self._open()
 
+    # -- opening -------------------------------------------------------------------------------
+
     def _open(self) -> sqlite3.Connection:
-        try:
-            return self._connect()
-        except sqlite3.DatabaseError as error:
-            if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
-                raise
-            self.set_aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            logger.warning(
-                "cache %s is unreadable (%s); moved it to %s and started a new one",
-                self.path,
-                error,
-                self.set_aside,
-            )
-            for suffix in ("", "-wal", "-shm"):
-                source = Path(f"{self.path}{suffix}")
-                if source.exists():
-                    source.replace(Path(f"{self.set_aside}{suffix}"))
-            return self._connect()
+        deadline = time.monotonic() + _OPEN_ATTEMPTS_S
+        delay = 0.01
+        while True:
+            try:
+                return self._connect()
+            except sqlite3.OperationalError as error:
+                if not _is_busy(error):
+                    if _is_unreadable(error):
+                        return self._set_aside_and_reconnect(error)
+                    raise ConfigError(f"cannot open the cache file {self.path}: {error}") from None
+                if time.monotonic() >= deadline:
+                    raise ConfigError(
+                        f"the cache file {self.path} stayed locked by another process for "
+                        f"{_OPEN_ATTEMPTS_S:.0f} s"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+            except sqlite3.DatabaseError as error:
+                return self._set_aside_and_reconnect(error)
+
+    def _set_aside_and_reconnect(self, error: Exception) -> sqlite3.Connection:
+        self.set_aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        logger.warning(
+            "cache %s is unreadable (%s); moved it to %s and started a new one",
+            self.path,
+            error,
+            self.set_aside,
+        )
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{self.path}{suffix}")
+            if source.exists():
+                source.replace(Path(f"{self.set_aside}{suffix}"))
+        return self._connect()
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -98,30 +216,53 @@ class ResponseCache:
             connection.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
-            connection.execute(_SCHEMA)
+            for statement in _SCHEMA:
+                connection.execute(statement)
             connection.execute("SELECT key FROM responses LIMIT 1").fetchall()
+            connection.execute("SELECT key FROM claims LIMIT 1").fetchall()
+            connection.execute("DELETE FROM claims WHERE expires < ?", (time.time(),))
         except sqlite3.DatabaseError:
             connection.close()
             raise
         return connection
 
+    # -- answers -------------------------------------------------------------------------------
+
     def get(self, key: bytes) -> Completion | None:
-        with self._lock:
-            row = self._connection.execute(
-                "SELECT payload FROM responses WHERE key = ?", (key,)
-            ).fetchone()
+        try:
+            with self._lock:
+                row = self._connection.execute(
+                    "SELECT payload FROM responses WHERE key = ?", (key,)
+                ).fetchone()
+        except sqlite3.OperationalError:
+            raise  # locked or I/O trouble: not damage, and not to be hidden
+        except sqlite3.DatabaseError as error:
+            self._report_damage(error)
+            return None
         if row is None:
             return None
+        return self._decode(row[0])
+
+    def _decode(self, payload: bytes) -> Completion | None:
         try:
-            return decode_completion(row[0])
+            return decode_completion(payload)
         except (orjson.JSONDecodeError, ValueError, TypeError):
             logger.warning("cache entry in %s is damaged; it will be fetched again", self.path)
             return None
 
+    def _report_damage(self, error: Exception) -> None:
+        if not self._damage_reported:
+            self._damage_reported = True
+            logger.warning(
+                "cache %s is damaged (%s); damaged entries are fetched again", self.path, error
+            )
+
     def put_many(self, entries: Iterable[tuple[bytes, Completion]]) -> None:
-        """Commit answers in one transaction. The first writer of a key wins; later ones are
-        ignored, so two processes racing on the same request never disagree."""
-        rows = [(key, encode_completion(c), time.time()) for key, c in entries]
+        """Commit answers in one transaction, dropping this cache's claims on them. The first
+        writer of a key wins; later ones are ignored, so two processes racing on the same
+        request never disagree."""
+        now = time.time()
+        rows = [(key, encode_completion(c), now) for key, c in entries]
         if not rows:
             return
         with self._lock:
@@ -130,15 +271,168 @@ class ResponseCache:
                 self._connection.executemany(
                     "INSERT OR IGNORE INTO responses (key, payload, created) VALUES (?, ?, ?)", rows
                 )
+                self._connection.executemany(
+                    "DELETE FROM claims WHERE key = ? AND owner = ?",
+                    [(row[0], self.owner) for row in rows],
+                )
                 self._connection.execute("COMMIT")
             except BaseException:
-                self._connection.execute("ROLLBACK")
+                self._rollback()
                 raise
+
+    # -- claims --------------------------------------------------------------------------------
+
+    def claim_many(self, keys: Sequence[bytes], ttl_s: float = DEFAULT_CLAIM_TTL_S) -> ClaimOutcome:
+        """Claim `keys` for this cache (renewing claims it already holds), in one transaction.
+
+        A key is answered (its answer returned), claimed by another live owner (`elsewhere`),
+        or now this cache's (`mine`).
+        """
+        outcome = ClaimOutcome()
+        if not keys:
+            return outcome
+        now = time.time()
+        expires = now + ttl_s
+        with self._lock:
+            connection = self._connection
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                answered = self._answers(keys)
+                open_keys = [key for key in keys if key not in answered]
+                held = self._claims(open_keys)
+                for key in open_keys:
+                    claim = held.get(key)
+                    if claim is not None and claim[0] != self.owner and self._live(claim, now):
+                        outcome.elsewhere.append(key)
+                    else:
+                        outcome.mine.append(key)
+                connection.executemany(
+                    "INSERT OR REPLACE INTO claims (key, owner, host, pid, pid_started, expires) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (key, self.owner, self._host, self._pid, self._pid_started, expires)
+                        for key in outcome.mine
+                    ],
+                )
+                connection.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        for key, payload in answered.items():
+            completion = self._decode(payload)
+            if completion is None:  # damaged: answer it again
+                outcome.mine.append(key)
+            else:
+                outcome.answered[key] = completion
+        return outcome
+
+    def poll_claims(self, keys: Sequence[bytes]) -> ClaimPoll:
+        """Where keys claimed elsewhere stand now (read-only; never blocks on writers)."""
+        poll = ClaimPoll()
+        if not keys:
+            return poll
+        now = time.time()
+        with self._lock:
+            answered = self._answers(keys)
+            held = self._claims([key for key in keys if key not in answered])
+        for key in keys:
+            payload = answered.get(key)
+            if payload is not None:
+                completion = self._decode(payload)
+                if completion is not None:
+                    poll.answered[key] = completion
+                    continue
+                poll.free.append(key)
+                continue
+            claim = held.get(key)
+            if claim is None or claim[0] == self.owner or not self._live(claim, now):
+                poll.free.append(key)
+        return poll
+
+    def release_many(self, keys: Iterable[bytes]) -> None:
+        """Drop this cache's claims on `keys` (their requests failed or were abandoned), so
+        that waiting processes send them themselves without waiting for the expiry."""
+        rows = [(key, self.owner) for key in keys]
+        if not rows:
+            return
+        with self._lock:
+            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                self._connection.executemany("DELETE FROM claims WHERE key = ? AND owner = ?", rows)
+                self._connection.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+
+    def claims_held(self) -> int:
+        """How many claims this cache holds (for tests and diagnostics)."""
+        with self._lock:
+            return self._connection.execute(
+                "SELECT COUNT(*) FROM claims WHERE owner = ?", (self.owner,)
+            ).fetchone()[0]
+
+    def _rollback(self) -> None:
+        """Undo the open transaction, if SQLite has not already (it rolls back by itself after
+        some errors, such as a full disk, and a second ROLLBACK would hide the first error)."""
+        if self._connection.in_transaction:
+            try:
+                self._connection.execute("ROLLBACK")
+            except sqlite3.Error as error:
+                logger.debug("rollback failed after an error: %s", error)
+
+    def _answers(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        found: dict[bytes, bytes] = {}
+        for chunk in _chunks(keys):
+            rows = self._connection.execute(
+                f"SELECT key, payload FROM responses WHERE key IN ({_placeholders(len(chunk))})",
+                tuple(chunk),
+            ).fetchall()
+            found.update(rows)
+        return found
+
+    def _claims(
+        self, keys: Sequence[bytes]
+    ) -> dict[bytes, tuple[str, str, int, int | None, float]]:
+        found: dict[bytes, tuple[str, str, int, int | None, float]] = {}
+        for chunk in _chunks(keys):
+            rows = self._connection.execute(
+                "SELECT key, owner, host, pid, pid_started, expires FROM claims "
+                f"WHERE key IN ({_placeholders(len(chunk))})",
+                tuple(chunk),
+            ).fetchall()
+            for key, *claim in rows:
+                found[key] = tuple(claim)  # type: ignore[assignment]
+        return found
+
+    def _live(self, claim: tuple[str, str, int, int | None, float], now: float) -> bool:
+        _, host, pid, pid_started, expires = claim
+        if expires <= now:
+            return False
+        if host != self._host:
+            return True  # another machine: only the expiry can tell
+        return _process_exists(pid, pid_started)
+
+    # -- housekeeping --------------------------------------------------------------------------
 
     def __len__(self) -> int:
         with self._lock:
             return self._connection.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
 
     def close(self) -> None:
+        """Drop this cache's remaining claims and close the file."""
         with self._lock:
+            try:
+                self._connection.execute("DELETE FROM claims WHERE owner = ?", (self.owner,))
+            except sqlite3.Error as error:
+                logger.debug("could not drop claims on close: %s", error)
             self._connection.close()
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    text = str(error).lower()
+    return "locked" in text or "busy" in text
+
+
+def _is_unreadable(error: sqlite3.OperationalError) -> bool:
+    text = str(error).lower()
+    return "not a database" in text or "malformed" in text or "disk image" in text

@@ -334,9 +334,7 @@ def _format_examples(task: Task, config: OptimizerConfig) -> list[FormatExample]
     return [FormatExample(format_all[i].input, format_all[i].target) for i in indices]
 
 
-def _dollars(
-    prices: PriceTable, parts: Sequence[tuple[str | None, float, float]]
-) -> float | None:
+def _dollars(prices: PriceTable, parts: Sequence[tuple[str | None, float, float]]) -> float | None:
     total = 0.0
     for model, prompt, completion in parts:
         if model is None:

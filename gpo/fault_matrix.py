@@ -16,7 +16,8 @@ through the real `Engine`, `ResponseCache` and `Evaluator`. The cell passes when
   difference is a *silent loss*);
 - the evaluation and the engine's shutdown finish before the cell's deadline (otherwise a
   *hang*);
-- retries stay within `max_retries` per request (otherwise an *unbounded retry loop*).
+- retries stay within the engine's bounds: `max_retries` per request for failures and
+  `max_rate_limited_retries` for 429s (otherwise an *unbounded retry loop*).
 
 The script prints the matrix as a table and exits with status 1 if any cell fails one of these.
 Faults are drawn per HTTP call from a seeded generator, so a run is reproducible up to timing.
@@ -33,6 +34,7 @@ import math
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,8 +92,8 @@ FAULT_RATES = {LOW: 0.02, HIGH: 0.25}
 EVENT_COUNTS = {LOW: 1, HIGH: 4}
 # 429 storms: the server's token-per-minute limit as a fraction of what the fault-free run
 # used per simulated minute, and the bucket's size as a fraction of the limit.
-RATE_LIMIT_FRACTIONS = {LOW: (0.5, 1.0), HIGH: (0.2, 0.25)}
-TOKENS_PER_CALL_CEILING = 20_000  # a full prompt-list call must always fit in the bucket
+RATE_LIMIT_FRACTIONS = {LOW: (0.5, 0.1), HIGH: (0.2, 0.05)}
+TOKENS_PER_CALL_CEILING = 12_000  # a full prompt-list call must always fit in the bucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,7 @@ class MatrixSettings:
     request_timeout_s: float = 3.0
     slow_body_s: float = 1.0
     outage_simulated_s: float = 30.0
+    max_batch_size: int = 8
     max_retries: int = 8
     backoff_base_s: float = 0.5
     backoff_max_s: float = 60.0
@@ -157,13 +160,14 @@ class FaultCell:
     ) -> SimulatedServerConfig:
         """The simulated server for this cell; `reference_tokens_per_minute` (what the
         fault-free run consumed of a token-per-minute limit) sizes the 429 storms."""
-        faults = FaultRates(seed=settings.seed)
+        seed = settings.seed + zlib.crc32(f"{self.kind}/{self.level}".encode()) % 10_000
+        faults = FaultRates(seed=seed)
         limits = RateLimits()
-        if self.kind in FaultRates().rates():
+        if self.kind in faults.rates():
             faults = FaultRates(
                 **{self.kind: FAULT_RATES[self.level]},
                 slow_body_seconds=settings.slow_body_s,
-                seed=settings.seed,
+                seed=seed,
             )
         elif self.kind == "rate_limit":
             fraction, burst = RATE_LIMIT_FRACTIONS[self.level]
@@ -201,8 +205,10 @@ class CellOutcome:
     loss_examples: list[str] = field(default_factory=list)
     hang: bool = False
     retries: int = 0
+    rate_limited_retries: int = 0
     requests: int = 0
     retry_bound: int = 0
+    rate_limited_retry_bound: int = 0
     http_attempts: int = 0
     faults_injected: int = 0
     rate_limited: int = 0
@@ -214,7 +220,10 @@ class CellOutcome:
 
     @property
     def unbounded_retries(self) -> bool:
-        return self.retries > self.retry_bound
+        return (
+            self.retries - self.rate_limited_retries > self.retry_bound
+            or self.rate_limited_retries > self.rate_limited_retry_bound
+        )
 
     @property
     def ok(self) -> bool:
@@ -323,6 +332,7 @@ async def run_evaluation(
         )
         engine_config = EngineConfig(
             chat_template="chatml",
+            max_batch_size=settings.max_batch_size,
             max_retries=settings.max_retries,
             backoff_base_s=settings.backoff_base_s,
             backoff_max_s=settings.backoff_max_s,
@@ -337,6 +347,7 @@ async def run_evaluation(
             [math.ceil(planned * (i + 1) / (events + 1)) for i in range(events)],
             settings.outage_simulated_s / settings.time_scale,
         )
+        disruptions.start()
         result: EvaluationResult | None = None
         summary: dict[str, Any] | None = None
         hang = False
@@ -376,7 +387,8 @@ async def run_evaluation(
 
 class _Disruptions:
     """Restarts the server, or takes it down for a while, as the evaluation passes thresholds
-    (counted in finished chains)."""
+    (counted in finished chains). One disruption at a time: the next waits until the server
+    answers again."""
 
     def __init__(
         self,
@@ -392,24 +404,58 @@ class _Disruptions:
         self._thresholds = thresholds if disruption else []
         self._outage_s = outage_s
         self._finished = 0
-        self._tasks: list[asyncio.Task[None]] = []
+        self._due = 0
+        self._wakeup = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self.sent = 0
+
+    def start(self) -> None:
+        if self._thresholds:
+            self._worker = asyncio.get_running_loop().create_task(self._work())
 
     def seen(self, _record: SampleRecord) -> None:
         self._finished += 1
         while self._thresholds and self._finished >= self._thresholds[0]:
             self._thresholds.pop(0)
-            if self._disruption == "outage":
-                path, body = "/sim/down", {"seconds": self._outage_s}
-            else:
-                path, body = "/sim/restart", {}
-            action = _control(self._session, self._url, path, body)
-            self._tasks.append(asyncio.get_running_loop().create_task(action))
+            self._due += 1
+            self._wakeup.set()
+
+    async def _work(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._due:
+                self._due -= 1
+                try:
+                    if self._disruption == "outage":
+                        await _control(
+                            self._session, self._url, "/sim/down", {"seconds": self._outage_s}
+                        )
+                        await asyncio.sleep(self._outage_s)
+                    else:
+                        await _control(self._session, self._url, "/sim/restart", {})
+                    self.sent += 1
+                    await self._until_up()
+                except aiohttp.ClientError as error:
+                    logger.warning("a server disruption could not be sent: %s", error)
+
+    async def _until_up(self) -> None:
+        await asyncio.sleep(0.1)  # the server acts 50 ms after acknowledging
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    async with self._session.get(f"{self._url}/health") as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
 
     async def finish(self) -> None:
-        results = await asyncio.gather(*self._tasks, return_exceptions=True)
-        for outcome in results:
-            if isinstance(outcome, BaseException):
-                logger.warning("a server disruption could not be sent: %s", outcome)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
 
 
 # -- verdicts ------------------------------------------------------------------------------------
@@ -492,8 +538,10 @@ def judge(
         )
     totals = run.summary["ledger"]["totals"]
     outcome.retries = int(totals["retries"])
+    outcome.rate_limited_retries = int(totals["rate_limited"])
     outcome.requests = int(totals["requests"]) + int(totals["failures"])
     outcome.retry_bound = settings.max_retries * outcome.requests
+    outcome.rate_limited_retry_bound = EngineConfig().max_rate_limited_retries * outcome.requests
     outcome.failure_reasons = dict(totals["failures_by_kind"])
     outcome.scores_identical = outcome.marked_failed == 0 and outcome.silent_losses == 0
     return outcome
@@ -502,7 +550,7 @@ def judge(
 # -- the matrix ----------------------------------------------------------------------------------
 
 
-def _rate_limit_demand(run: EvaluationRun, settings: MatrixSettings) -> float:
+def rate_limit_demand(run: EvaluationRun, settings: MatrixSettings) -> float:
     """Tokens per simulated minute the fault-free run charged against a token limit (prompt
     tokens plus each request's max_tokens, as hosted APIs count them)."""
     metrics = run.metrics
@@ -511,6 +559,40 @@ def _rate_limit_demand(run: EvaluationRun, settings: MatrixSettings) -> float:
     charged = prompt_tokens + sequences * (256 + 100) / 2
     simulated_minutes = max(run.wall_s * settings.time_scale / 60.0, 1e-6)
     return charged / simulated_minutes
+
+
+@dataclass(slots=True)
+class Reference:
+    """The fault-free run every cell is compared with."""
+
+    run: EvaluationRun
+    records: dict[RecordKey, SampleRecord]
+    tokens_per_minute: float
+
+
+async def run_reference(settings: MatrixSettings, task: Task, folder: Path) -> Reference:
+    run = await run_evaluation(
+        settings, task, REFERENCE_CELL.server_config(settings, 0.0), folder / "reference.sqlite"
+    )
+    if run.result is None:
+        raise RuntimeError(f"the fault-free run failed: {run.error or 'it did not finish'}")
+    return Reference(run, record_map(run.result), rate_limit_demand(run, settings))
+
+
+async def run_cell(
+    settings: MatrixSettings, task: Task, cell: FaultCell, reference: Reference, folder: Path
+) -> CellOutcome:
+    """One cell, judged against the reference."""
+    logger.info("cell %s / %s", cell.label, cell.level)
+    run = await run_evaluation(
+        settings,
+        task,
+        cell.server_config(settings, reference.tokens_per_minute),
+        folder / f"{cell.kind}-{cell.level}.sqlite",
+        disruption=cell.disruption,
+        events=cell.events,
+    )
+    return judge(cell, run, reference.records, settings)
 
 
 async def run_matrix(
@@ -523,29 +605,13 @@ async def run_matrix(
     task = load_task(settings.task, settings.data_dir)
     with tempfile.TemporaryDirectory(prefix="gpo-fault-matrix-") as scratch:
         folder = Path(scratch)
-        reference_config = REFERENCE_CELL.server_config(settings, 0.0)
-        reference_run = await run_evaluation(
-            settings, task, reference_config, folder / "reference.sqlite"
-        )
-        if reference_run.result is None:
-            raise RuntimeError(f"the fault-free run failed: {reference_run.error or 'hang'}")
-        reference = record_map(reference_run.result)
-        reference_outcome = judge(REFERENCE_CELL, reference_run, reference, settings)
+        reference = await run_reference(settings, task, folder)
+        reference_outcome = judge(REFERENCE_CELL, reference.run, reference.records, settings)
         if on_cell is not None:
             on_cell(reference_outcome)
-        demand = _rate_limit_demand(reference_run, settings)
         outcomes = []
-        for index, cell in enumerate(cells):
-            logger.info("cell %s / %s", cell.label, cell.level)
-            run = await run_evaluation(
-                settings,
-                task,
-                cell.server_config(settings, demand),
-                folder / f"cell-{index}.sqlite",
-                disruption=cell.disruption,
-                events=cell.events,
-            )
-            outcome = judge(cell, run, reference, settings)
+        for cell in cells:
+            outcome = await run_cell(settings, task, cell, reference, folder)
             outcomes.append(outcome)
             if on_cell is not None:
                 on_cell(outcome)
@@ -600,9 +666,9 @@ def render_table(outcomes: Sequence[CellOutcome], settings: MatrixSettings) -> A
             scores = "identical on answered samples"
         else:
             scores = "identical"
-        retries = f"{outcome.retries}" + (
-            f" [red](> {outcome.retry_bound})[/red]" if outcome.unbounded_retries else ""
-        )
+        retries = str(outcome.retries)
+        if outcome.unbounded_retries:
+            retries += " [red](unbounded)[/red]"
         table.add_row(
             cell.label,
             cell.level or "-",
