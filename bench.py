@@ -26,24 +26,38 @@ Workloads (bbh/navigate, reference prompts from the data as candidates):
   W6  client overhead: a zero-service-time server; client CPU per scored prompt.
 
 Figures: wall time; scored prompts per second; percent of the server's theoretical limit (the
-makespan of the workload with everything queued at t = 0, from `backends.simulated.limit`; for
-W3 the requests answered over the requests the limits allowed during the run); the contender's
-wall time over the engine's; client CPU seconds (`time.process_time` of the worker, threads
-included; the server runs in another process); HTTP requests and 429s (the server's /metrics,
-before/after); failures (chains without an answer); peak memory (the worker's peak RSS during the
-run minus its RSS before it: VmHWM reset through /proc/self/clear_refs, ru_maxrss otherwise).
-Every figure is the median of `--repeat` runs. A contender too slow to finish a workload within
-the run budget stops at a unit boundary (a chain, a candidate or a round, as its pattern allows)
-and its totals are extrapolated linearly from the measured prefix; the table says so.
+makespan of the workload with every round fully queued at t = 0, computed offline with the
+server's own step model and answers by `backends.simulated.limit`; for W3, the workload's
+requests, one per chat turn, over the requests the limits allowed during the run); the
+contender's wall time over the engine's; client CPU seconds (`time.process_time` of the worker,
+threads included; the server runs in another process); HTTP requests and 429s (the server's
+/metrics, before and after); failures (chains the pattern gave up on); peak memory (the worker's
+peak RSS during the run minus its RSS before it, libraries already imported: VmHWM reset through
+/proc/self/clear_refs, ru_maxrss where /proc is unavailable). Every figure is the median of
+`--repeat` runs. A contender too slow to finish within the run budget stops at a unit boundary
+(a chain, a candidate or a round, as its pattern allows) and its totals are extrapolated linearly
+from the measured prefix; the table marks them with "~". A contender that gives up on chains
+re-runs them until they are answered (as a user would, from lm-eval's cache or the cookbook's
+error file), with the time counted, so that every row ends with every request answered.
+
+The simulated H100 runs `time_scale` times faster than real time (4 for W1, W2 and W4, 10 for
+W3), so the whole benchmark takes about half an hour; the limit and every contender are measured
+on the same clock, client CPU is real, and each pattern's fixed waits (OPRO's 30 s, tenacity's
+1-10 s, the cookbook's 15 s pause) are given in simulated seconds. Against a real server
+(`--url`) nothing is scaled, no limit is printed, W3, W5 and W6 are skipped (they need the
+simulated server's API and zero-latency modes), and vLLM's prefix cache is reset between runs
+where the server allows it (VLLM_SERVER_DEV_MODE=1).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -104,6 +118,8 @@ API_BURST_FRACTION = 0.02
 """Hosted APIs enforce per-minute limits over short windows (a 500 RPM limit is not 500 requests
 in the first second); the simulated buckets hold 1.2 simulated seconds of each limit."""
 
+UNLIMITED_BUDGET_S = 1e9
+"""The engine is the reference: it always runs its whole workload."""
 MAX_RERUN_PASSES = 100
 RERUN_TIME_LIMIT_S = 600.0
 
@@ -123,16 +139,20 @@ class Scale:
     api_time_scale: float
     run_budget_s: float
     zero_latency_budget_s: float
+    round_cap: int
+    """Most scored prompts a gather-everything pattern is measured on before extrapolating."""
     repeat: int
     in_process: bool = False
 
 
 SCALES: dict[str, Scale] = {
     "full": Scale(
-        "full", 8, 48, 18, 144, (1_000, 10_000, 100_000), 20_000, 4.0, 10.0, 30.0, 5.0, 3
+        "full", 8, 48, 18, 144, (1_000, 10_000, 100_000), 20_000, 4.0, 10.0, 30.0, 5.0, 4_000, 3
     ),
-    "quick": Scale("quick", 8, 16, 3, 24, (1_000, 4_000, 16_000), 4_000, 10.0, 20.0, 3.0, 1.0, 1),
-    "smoke": Scale("smoke", 2, 4, 2, 4, (80, 160, 320), 160, 50.0, 50.0, 0.5, 0.3, 1, True),
+    "quick": Scale(
+        "quick", 8, 16, 3, 24, (1_000, 4_000, 16_000), 4_000, 10.0, 20.0, 2.0, 0.5, 500, 1
+    ),
+    "smoke": Scale("smoke", 2, 4, 2, 4, (80, 160, 320), 160, 50.0, 50.0, 0.5, 0.3, 100, 1, True),
 }
 FULL_SCALE_EXTRA_W5 = 1_000_000
 
@@ -508,6 +528,18 @@ class ServerHandle:
         self.process.stop()
 
 
+def reset_prefix_cache(endpoint: Endpoint) -> None:
+    """Ask a real vLLM server to forget its prefix cache between runs (best effort: the route
+    exists when vLLM runs with VLLM_SERVER_DEV_MODE=1), so no contender inherits a warm one."""
+    root = endpoint.metrics_url[: -len("/metrics")]
+    request = urllib.request.Request(f"{root}/reset_prefix_cache", data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10.0):
+            pass
+    except OSError:
+        pass
+
+
 # =================================================================================================
 # Contenders
 # =================================================================================================
@@ -544,10 +576,6 @@ class Transcript:
             else hashlib.blake2b("\x1e".join(a).encode(), digest_size=8).hexdigest()
             for a in self.answers
         ]
-
-    @property
-    def answered(self) -> int:
-        return sum(1 for a in self.answers if a is not None)
 
 
 @dataclass(slots=True)
@@ -683,7 +711,11 @@ async def _engine_rounds(ctx: RunContext) -> None:
 
 
 def run_sequential(ctx: RunContext) -> None:
-    """One request at a time; on an error, sleep Retry-After (else 30 s) and try again, forever."""
+    """One request at a time; on any API error, sleep 30 s and try again, forever.
+
+    OPRO's scorer sleeps `e.retry_after` if the exception has that attribute, else 30 s; the
+    OpenAI SDK's exceptions have none, so it is always 30 s (simulated seconds here).
+    """
     import openai
 
     client = openai.OpenAI(
@@ -700,10 +732,6 @@ def run_sequential(ctx: RunContext) -> None:
                     temperature=0.0,
                 )
                 return response.choices[0].message.content or ""
-            except openai.APIStatusError as error:
-                retry_after = error.response.headers.get("retry-after")
-                wait = float(retry_after) if retry_after else ctx.seconds(SEQUENTIAL_RETRY_S)
-                time.sleep(wait)
             except openai.APIError:
                 time.sleep(ctx.seconds(SEQUENTIAL_RETRY_S))
 
@@ -1325,8 +1353,30 @@ def server_counts(metrics_url: str) -> tuple[int, int, int] | None:
     return (requests, limited, answered) if seen else None
 
 
+CLIENT_MODULES = (
+    "aiohttp",
+    "openai",
+    "tenacity",
+    "uvloop",
+    "backends.openai_client",
+    "backends.simulated.tokens",
+    "engine.cache",
+    "engine.engine",
+    "engine.evaluator",
+    "gpo.task_view",
+)
+
+
+def preload_client_modules() -> None:
+    """Import every contender's libraries before measuring, so no run pays for imports."""
+    for name in CLIENT_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
 def measure(spec: RunSpec, task: Task | None = None) -> RunResult:
     """Run one contender on one workload and measure it."""
+    preload_client_modules()
     scale = SCALES[spec.scale]
     task = task or load_task(TASK_NAME)
     workload = build_workloads(scale, full=spec.full)[spec.workload]
@@ -1414,30 +1464,33 @@ def measure(spec: RunSpec, task: Task | None = None) -> RunResult:
     )
 
 
-def worker_main() -> int:
-    """`bench.py --worker`: read a RunSpec as JSON on stdin, print a RunResult as JSON."""
-    spec = RunSpec(**json.loads(sys.stdin.read()))
+def worker_main(spec_path: Path) -> int:
+    """`bench.py --worker PATH`: run the RunSpec in PATH, write the RunResult to PATH.result."""
+    spec = RunSpec(**json.loads(spec_path.read_text()))
     result = measure(spec)
-    sys.stdout.write(json.dumps(dataclasses.asdict(result)) + "\n")
+    spec_path.with_suffix(".result").write_text(json.dumps(dataclasses.asdict(result)))
     return 0
 
 
 def run_in_worker(spec: RunSpec, in_process: bool, task: Task) -> RunResult:
     if in_process:
         return measure(spec, task)
-    completed = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--worker"],
-        input=json.dumps(dataclasses.asdict(spec)),
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parent,
-        check=False,
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(
-            f"worker for {spec.contender} on {spec.workload} failed:\n{completed.stderr[-3000:]}"
+    with tempfile.TemporaryDirectory(prefix="gpo-bench-run-") as folder:
+        spec_path = Path(folder) / "spec.json"
+        spec_path.write_text(json.dumps(dataclasses.asdict(spec)))
+        completed = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path)],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            check=False,
         )
-    return RunResult(**json.loads(completed.stdout.strip().splitlines()[-1]))
+        if completed.returncode != 0:
+            raise RuntimeError(
+                f"worker for {spec.contender} on {spec.workload} failed:\n"
+                f"{completed.stderr[-3000:]}"
+            )
+        return RunResult(**json.loads(spec_path.with_suffix(".result").read_text()))
 
 
 # =================================================================================================
@@ -1473,11 +1526,6 @@ class ContenderMetrics:
 
 def _median(values: Iterable[float]) -> float:
     return float(statistics.median(list(values)))
-
-
-def _median_optional(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return _median(present) if len(present) == len(values) and present else None
 
 
 def summarise_runs(
@@ -1640,7 +1688,9 @@ def run_benchmark(settings: BenchSettings, task: Task) -> list[WorkloadReport]:
                 server = servers[workload.server]
                 endpoint = server.endpoint()
             limit_s, limit_note = None, ""
-            if server is not None and workload.server == "h100":
+            if key == "W4":
+                limit_note = "a warm cache leaves the server no work: no limit applies"
+            elif server is not None and workload.server == "h100":
                 limit_s = theoretical_makespan_s(
                     server.config, plan_rounds(workload, task), task, answer_key
                 )
@@ -1652,8 +1702,8 @@ def run_benchmark(settings: BenchSettings, task: Task) -> list[WorkloadReport]:
             elif endpoint.api_limits is not None:
                 limits = endpoint.api_limits
                 limit_note = (
-                    f"% of limit = the workload's requests (one per chat turn) / requests the limits "
-                    "allowed during the run "
+                    "% of limit = the workload's requests (one per chat turn) / requests "
+                    "the limits allowed during the run "
                     f"({limits.request_burst:g} + {limits.requests_per_minute} per simulated "
                     "minute)"
                 )
@@ -1695,14 +1745,16 @@ def run_benchmark(settings: BenchSettings, task: Task) -> list[WorkloadReport]:
                         warm_up = True
                     if server is not None:
                         server.fresh()
+                    else:
+                        reset_prefix_cache(endpoint)
                     spec = RunSpec(
                         key,
                         scale.name,
                         settings.full,
                         name,
                         endpoint.to_json(),
-                        budget_s,
-                        chain_cap=_chain_cap(workload, name),
+                        budget_s if name != "engine" else UNLIMITED_BUDGET_S,
+                        chain_cap=_chain_cap(workload, name, scale.round_cap),
                         cache_path=cache_path,
                         warm_up_first=warm_up,
                     )
@@ -1731,6 +1783,7 @@ def run_benchmark(settings: BenchSettings, task: Task) -> list[WorkloadReport]:
                     report.rows.append(
                         dataclasses.replace(
                             w1_row,
+                            percent_of_limit=None,
                             time_vs_engine=w1_row.wall_s / engine_wall if engine_wall else None,
                             note="no cache in this pattern: W1's figures (not re-run)",
                         )
@@ -1783,13 +1836,14 @@ def run_benchmark(settings: BenchSettings, task: Task) -> list[WorkloadReport]:
     return reports
 
 
-def _chain_cap(workload: Workload, contender: str) -> int | None:
-    """Patterns that gather a whole round at once cannot stop early: at scale they are measured
-    on a prefix of whole prompts (10,000 scored prompts) instead."""
+def _chain_cap(workload: Workload, contender: str, cap: int) -> int | None:
+    """Patterns that gather a whole round at once cannot stop early: on the big zero-latency
+    workloads they are measured on a prefix of whole prompts instead."""
     if contender == "engine" or CONTENDERS[contender].unit != "round":
         return None
-    cap = 10_000
-    return cap if workload.scored_prompts > cap else None
+    if workload.server != "zero" or workload.scored_prompts <= cap:
+        return None
+    return cap
 
 
 # =================================================================================================
@@ -2190,7 +2244,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--check-estimate", action="store_true", help="compare the dry-run cost estimate"
     )
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.url and not args.model:
         parser.error("--url needs --model NAME")
@@ -2202,7 +2256,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        return worker_main()
+        return worker_main(args.worker)
     scale = SCALES["smoke" if args.smoke else "quick" if args.quick else "full"]
     task = load_task(TASK_NAME)
     available = list(build_workloads(scale, full=args.full))
@@ -2210,7 +2264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = BenchSettings(
         scale=scale,
         repeat=args.repeat or scale.repeat,
-        workloads=select_workloads(args.workloads, order),
+        workloads=()
+        if args.check_estimate and not args.workloads
+        else select_workloads(args.workloads, order),
         full=args.full,
         budget_s=args.budget_s if args.budget_s is not None else scale.run_budget_s,
         url=args.url,
@@ -2232,7 +2288,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else f"{args.model} at {args.url}",
         "time_scale": f"{scale.time_scale:g} (W1, W2, W4), {scale.api_time_scale:g} (W3): "
         "simulated seconds per real second",
-        "peak memory": "worker's peak RSS during the run minus its RSS before",
+        "peak memory": "worker's peak RSS during the run minus its RSS before (VmHWM reset via "
+        "/proc/self/clear_refs; ru_maxrss where /proc is unavailable)",
+        "W3 engine limits": f"{API_REQUESTS_PER_MINUTE * API_BURST_FRACTION:g} requests and "
+        f"{API_TOKENS_PER_MINUTE * API_BURST_FRACTION:,.0f} tokens per "
+        f"{60 * API_BURST_FRACTION:g} simulated s (the limits as the server enforces them); "
+        "the cookbook is given the per-minute figures, which is all it takes",
         "client CPU": "worker's process_time (all threads); the server is another process",
     }
     print("bench.py parameters:")

@@ -229,13 +229,18 @@ class OpenAICompatibleBackend:
     def _http_error(self, status: int, raw: bytes, headers: Any, where: str) -> BackendError:
         message = self._error_message(raw)
         if status == 429:
+            retry_after = parse_retry_after(headers.get("Retry-After"))
+            if retry_after is None and "too large" in message.lower():
+                # Larger than the limit itself: waiting can never admit it. Not retryable, so
+                # the engine splits a prompt list and fails only a prompt that is too large alone.
+                return ClientRequestError(f"HTTP 429: {message}", endpoint=where, status=status)
             limits = {
                 k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit")
             }
             return RateLimited(
                 f"rate limited: {message}",
                 endpoint=where,
-                retry_after=parse_retry_after(headers.get("Retry-After")),
+                retry_after=retry_after,
                 limits=limits,
             )
         if status >= 500:

@@ -12,12 +12,14 @@ Cross-process in-flight de-duplication (claims). Before a process sends a call, 
 call's keys in one transaction (`claim_many`): a key already answered comes back with its
 answer; a key with a *live* claim of another owner is reported as claimed elsewhere, and the
 caller waits for that answer (`poll_claims`, with backoff) instead of sending it again; every
-other key becomes the caller's claim (key, owner, host, pid, expiry). A claim is live while it
-has not expired and, on this host, its process still exists (pid and process start time match),
-so the claims of a killed process are ignored at once and those of a stuck one after their
-expiry. Storing answers (`put_many`) drops the writer's claims on them in the same transaction;
-`release_many` drops claims of requests that finally failed. Claims are renewed by claiming the
-same keys again (each retry of a call does), so a claim lives `ttl_s` past its latest attempt.
+other key becomes the caller's claim (key, owner, expiry; the owner's host, pid and process
+start time are written once per cache object). A claim is live while it has not expired and, on
+this host, its process still exists (same pid and start time), so the claims of a killed
+process are ignored at once and those of a stuck one after their expiry. Storing answers
+(`put_many`) drops the writer's claims on them in the same transaction; `release_many` drops
+claims of requests that finally failed; `close` drops the rest. Claims are renewed by claiming
+the same keys again (each retry of a call does), so a claim lives `ttl_s` past its latest
+attempt. A claim costs about 0.2 ms per call of 32 requests (one small write transaction).
 """
 
 from __future__ import annotations
@@ -49,13 +51,19 @@ _SCHEMA = (
     ) WITHOUT ROWID
     """,
     """
-    CREATE TABLE IF NOT EXISTS claims (
+    CREATE TABLE IF NOT EXISTS inflight_claims (
         key BLOB PRIMARY KEY,
         owner TEXT NOT NULL,
+        expires REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS claim_owners (
+        owner TEXT PRIMARY KEY,
         host TEXT NOT NULL,
         pid INTEGER NOT NULL,
         pid_started INTEGER,
-        expires REAL NOT NULL
+        opened REAL NOT NULL
     ) WITHOUT ROWID
     """,
 )
@@ -189,7 +197,12 @@ class ResponseCache:
                 return self._set_aside_and_reconnect(error)
 
     def _set_aside_and_reconnect(self, error: Exception) -> sqlite3.Connection:
-        self.set_aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        stamp = int(time.time())
+        self.set_aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        copies = 1
+        while self.set_aside.exists():  # never overwrite an earlier set-aside file
+            copies += 1
+            self.set_aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{copies}")
         logger.warning(
             "cache %s is unreadable (%s); moved it to %s and started a new one",
             self.path,
@@ -219,8 +232,13 @@ class ResponseCache:
             for statement in _SCHEMA:
                 connection.execute(statement)
             connection.execute("SELECT key FROM responses LIMIT 1").fetchall()
-            connection.execute("SELECT key FROM claims LIMIT 1").fetchall()
-            connection.execute("DELETE FROM claims WHERE expires < ?", (time.time(),))
+            connection.execute("DELETE FROM inflight_claims WHERE expires < ?", (time.time(),))
+            connection.execute(
+                "INSERT OR REPLACE INTO claim_owners (owner, host, pid, pid_started, opened) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (self.owner, self._host, self._pid, self._pid_started, time.time()),
+            )
+            self._forget_dead_owners(connection)
         except sqlite3.DatabaseError:
             connection.close()
             raise
@@ -271,10 +289,7 @@ class ResponseCache:
                 self._connection.executemany(
                     "INSERT OR IGNORE INTO responses (key, payload, created) VALUES (?, ?, ?)", rows
                 )
-                self._connection.executemany(
-                    "DELETE FROM claims WHERE key = ? AND owner = ?",
-                    [(row[0], self.owner) for row in rows],
-                )
+                self._drop_claims([row[0] for row in rows])
                 self._connection.execute("COMMIT")
             except BaseException:
                 self._rollback()
@@ -299,20 +314,13 @@ class ResponseCache:
             try:
                 answered = self._answers(keys)
                 open_keys = [key for key in keys if key not in answered]
-                held = self._claims(open_keys)
+                live = self._live_claims(open_keys, now)
                 for key in open_keys:
-                    claim = held.get(key)
-                    if claim is not None and claim[0] != self.owner and self._live(claim, now):
-                        outcome.elsewhere.append(key)
-                    else:
-                        outcome.mine.append(key)
+                    (outcome.elsewhere if key in live else outcome.mine).append(key)
+                owner = self.owner
                 connection.executemany(
-                    "INSERT OR REPLACE INTO claims (key, owner, host, pid, pid_started, expires) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    [
-                        (key, self.owner, self._host, self._pid, self._pid_started, expires)
-                        for key in outcome.mine
-                    ],
+                    "INSERT OR REPLACE INTO inflight_claims (key, owner, expires) VALUES (?, ?, ?)",
+                    [(key, owner, expires) for key in outcome.mine],
                 )
                 connection.execute("COMMIT")
             except BaseException:
@@ -334,7 +342,7 @@ class ResponseCache:
         now = time.time()
         with self._lock:
             answered = self._answers(keys)
-            held = self._claims([key for key in keys if key not in answered])
+            live = self._live_claims([key for key in keys if key not in answered], now)
         for key in keys:
             payload = answered.get(key)
             if payload is not None:
@@ -343,22 +351,20 @@ class ResponseCache:
                     poll.answered[key] = completion
                     continue
                 poll.free.append(key)
-                continue
-            claim = held.get(key)
-            if claim is None or claim[0] == self.owner or not self._live(claim, now):
+            elif key not in live:
                 poll.free.append(key)
         return poll
 
     def release_many(self, keys: Iterable[bytes]) -> None:
         """Drop this cache's claims on `keys` (their requests failed or were abandoned), so
         that waiting processes send them themselves without waiting for the expiry."""
-        rows = [(key, self.owner) for key in keys]
-        if not rows:
+        keys = list(keys)
+        if not keys:
             return
         with self._lock:
             self._connection.execute("BEGIN IMMEDIATE")
             try:
-                self._connection.executemany("DELETE FROM claims WHERE key = ? AND owner = ?", rows)
+                self._drop_claims(keys)
                 self._connection.execute("COMMIT")
             except BaseException:
                 self._rollback()
@@ -368,7 +374,7 @@ class ResponseCache:
         """How many claims this cache holds (for tests and diagnostics)."""
         with self._lock:
             return self._connection.execute(
-                "SELECT COUNT(*) FROM claims WHERE owner = ?", (self.owner,)
+                "SELECT COUNT(*) FROM inflight_claims WHERE owner = ?", (self.owner,)
             ).fetchone()[0]
 
     def _rollback(self) -> None:
@@ -390,24 +396,46 @@ class ResponseCache:
             found.update(rows)
         return found
 
-    def _claims(
-        self, keys: Sequence[bytes]
-    ) -> dict[bytes, tuple[str, str, int, int | None, float]]:
-        found: dict[bytes, tuple[str, str, int, int | None, float]] = {}
+    def _forget_dead_owners(self, connection: sqlite3.Connection) -> None:
+        """Remove the owners (and claims) of processes of this host that no longer run."""
+        owners = connection.execute(
+            "SELECT owner, pid, pid_started FROM claim_owners WHERE host = ?", (self._host,)
+        ).fetchall()
+        dead = [owner for owner, pid, started in owners if not _process_exists(pid, started)]
+        for owner in dead:
+            connection.execute("DELETE FROM inflight_claims WHERE owner = ?", (owner,))
+            connection.execute("DELETE FROM claim_owners WHERE owner = ?", (owner,))
+
+    def _drop_claims(self, keys: Sequence[bytes]) -> None:
+        for chunk in _chunks(keys):
+            self._connection.execute(
+                "DELETE FROM inflight_claims "
+                f"WHERE owner = ? AND key IN ({_placeholders(len(chunk))})",
+                (self.owner, *chunk),
+            )
+
+    def _live_claims(self, keys: Sequence[bytes], now: float) -> set[bytes]:
+        """The keys among `keys` that another owner holds a live claim on."""
+        live: set[bytes] = set()
+        verdicts: dict[str, bool] = {}
         for chunk in _chunks(keys):
             rows = self._connection.execute(
-                "SELECT key, owner, host, pid, pid_started, expires FROM claims "
-                f"WHERE key IN ({_placeholders(len(chunk))})",
-                tuple(chunk),
+                "SELECT c.key, c.owner, o.host, o.pid, o.pid_started FROM inflight_claims c "
+                "LEFT JOIN claim_owners o ON o.owner = c.owner "
+                f"WHERE c.expires > ? AND c.owner != ? AND c.key IN ({_placeholders(len(chunk))})",
+                (now, self.owner, *chunk),
             ).fetchall()
-            for key, *claim in rows:
-                found[key] = tuple(claim)  # type: ignore[assignment]
-        return found
+            for key, owner, host, pid, pid_started in rows:
+                alive = verdicts.get(owner)
+                if alive is None:
+                    alive = verdicts[owner] = self._owner_alive(host, pid, pid_started)
+                if alive:
+                    live.add(key)
+        return live
 
-    def _live(self, claim: tuple[str, str, int, int | None, float], now: float) -> bool:
-        _, host, pid, pid_started, expires = claim
-        if expires <= now:
-            return False
+    def _owner_alive(self, host: str | None, pid: int | None, pid_started: int | None) -> bool:
+        if host is None or pid is None:
+            return False  # the owner closed its cache (and so dropped its claims)
         if host != self._host:
             return True  # another machine: only the expiry can tell
         return _process_exists(pid, pid_started)
@@ -422,7 +450,10 @@ class ResponseCache:
         """Drop this cache's remaining claims and close the file."""
         with self._lock:
             try:
-                self._connection.execute("DELETE FROM claims WHERE owner = ?", (self.owner,))
+                self._connection.execute(
+                    "DELETE FROM inflight_claims WHERE owner = ?", (self.owner,)
+                )
+                self._connection.execute("DELETE FROM claim_owners WHERE owner = ?", (self.owner,))
             except sqlite3.Error as error:
                 logger.debug("could not drop claims on close: %s", error)
             self._connection.close()

@@ -17,7 +17,16 @@ decides how the work reaches the server:
   pauses all dispatch until the server's reset. A call refused as invalid (4xx) is split so that
   one bad prompt cannot sink the others, and that prompt fails once, without retries. A request
   that finally fails raises `RequestFailed` with its reason; nothing is dropped silently.
+- Some failures condemn the endpoint, not one request: credentials refused, a model the server
+  does not serve, a server that cannot be reached once retries are spent, answers that cannot be
+  saved to the cache. The first one stops the engine: it is raised as a `RequestFailed` with
+  `fatal=True`, once per waiting caller, no further call is sent, and callers can stop the run
+  with one clear error instead of marking every remaining sample failed.
 - Answers are committed to the cache as each call returns, before callers see them.
+- Processes sharing one cache file do not pay twice for an answer: before a call is sent its keys
+  are claimed in the cache (one transaction per call); a key another live process has claimed is
+  parked and its answer awaited from the cache (polled with backoff, bounded by the claim's
+  expiry) instead of being sent again.
 """
 
 from __future__ import annotations
@@ -27,15 +36,23 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
 from backends.chat_template import get_chat_template
-from backends.errors import BackendError, GpoError, RateLimited, RequestTimeout
+from backends.errors import (
+    AuthenticationError,
+    BackendError,
+    ConnectionFailed,
+    GpoError,
+    RateLimited,
+    RequestTimeout,
+    UnknownModel,
+)
 from backends.protocol import Backend, Capabilities, Completion, Message, Request, SamplingParams
-from engine.cache import ResponseCache
+from engine.cache import DEFAULT_CLAIM_TTL_S, ClaimPoll, ResponseCache
 from engine.ledger import Ledger
 from engine.rate_limits import AdaptiveWindow, RequestRateLimiter, TokenBucket
 from engine.request_key import request_key
@@ -52,13 +69,18 @@ class Priority(IntEnum):
 
 
 class RequestFailed(GpoError):
-    """A request that could not be answered: retries exhausted or an error retrying cannot fix."""
+    """A request that could not be answered: retries exhausted or an error retrying cannot fix.
 
-    def __init__(self, reason: str, kind: str, attempts: int) -> None:
+    `fatal` marks a failure of the endpoint itself (see the module docs): no later request can
+    succeed either, so callers should stop rather than record it against one sample.
+    """
+
+    def __init__(self, reason: str, kind: str, attempts: int, *, fatal: bool = False) -> None:
         super().__init__(f"request failed after {attempts} attempt(s): {reason}")
         self.reason = reason
         self.kind = kind
         self.attempts = attempts
+        self.fatal = fatal
 
 
 class BudgetExhausted(GpoError):
@@ -86,6 +108,9 @@ class EngineConfig:
     budget_tokens: int | None = None
     max_pending: int = 4096
     seed: int = 0
+    share_cache_claims: bool = True
+    claim_ttl_s: float = DEFAULT_CLAIM_TTL_S
+    claim_poll_max_s: float = 1.0
 
     def window_for(self, capabilities: Capabilities) -> int:
         if self.max_concurrency is not None:
@@ -103,6 +128,7 @@ class _Item:
 
     __slots__ = (
         "attempts",
+        "failing_since",
         "future",
         "key",
         "phase",
@@ -131,6 +157,7 @@ class _Item:
         self.attempts = 0
         self.rate_limited = 0
         self.solo = False
+        self.failing_since: float | None = None
 
 
 _QueueKey = tuple[int, SamplingParams, bool]
@@ -189,6 +216,16 @@ class Engine:
         self._random = random.Random(self.config.seed)
         self._closed = False
         self.http_calls = 0
+        self._use_claims = cache is not None and self.config.share_cache_claims
+        self._claimed: set[bytes] = set()
+        self._to_release: list[bytes] = []
+        self._parked: dict[bytes, list[_Item]] = {}
+        self._parked_poller: asyncio.Task[None] | None = None
+        self._fatal: RequestFailed | None = None
+        self._reserved_tokens = 0.0
+        self._reserved_usd = 0.0
+        self._budget_stop: str | None = None
+        self._last_success = float("-inf")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -213,13 +250,22 @@ class Engine:
             self._dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._dispatcher
+        if self._parked_poller is not None:
+            self._parked_poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._parked_poller
         for queue in self._queues.values():
             for item in queue:
                 self._fail(item, "the engine was closed before this request was sent", "closed")
         self._queues.clear()
         self._queued = 0
+        for parked in self._parked.values():
+            for item in parked:
+                self._fail(item, "the engine was closed while another process answered", "closed")
+        self._parked.clear()
         if self._calls:
             await asyncio.gather(*self._calls, return_exceptions=True)
+        self._flush_releases()
         self.ledger.stop_clock()
         if self._owns_backend:
             await self.backend.close()
@@ -228,6 +274,8 @@ class Engine:
 
     def budget_exhausted(self) -> str | None:
         """Why no new request may be sent, or None while the budget allows it."""
+        if self._budget_stop is not None:
+            return self._budget_stop
         config = self.config
         if config.budget_tokens is not None and self.ledger.spent_tokens >= config.budget_tokens:
             return f"token budget of {config.budget_tokens} spent"
@@ -256,10 +304,12 @@ class Engine:
             if shared is not None and not shared.cancelled():
                 self.ledger.record_dedup(self._model, phase)
                 return await asyncio.shield(shared)
+        if self._fatal is not None:
+            raise self._fatal
         if self._closed:
             raise RequestFailed("the engine is closed", "closed", 0)
         if self.config.budget_usd is not None or self.config.budget_tokens is not None:
-            reason = self.budget_exhausted()
+            reason = self._budget_stop or self.budget_exhausted()
             if reason is not None:
                 raise BudgetExhausted(reason)
         if self._dispatcher is None:
@@ -283,21 +333,25 @@ class Engine:
     ) -> list[Completion | RequestFailed]:
         """Answers in input order; a failed request's slot holds its `RequestFailed`.
 
-        At most `max_pending` requests are awaited at once, so a million requests never become a
-        million coroutines.
+        `requests` is consumed lazily and at most `max_pending` requests are awaited at once, so
+        a generator of a million requests never becomes a million objects or coroutines: memory
+        holds the answers and one window of pending work.
         """
-        materialised = list(requests)
-        results: list[Completion | RequestFailed | None] = [None] * len(materialised)
-        feed = iter(enumerate(materialised))
+        results: list[Completion | RequestFailed | None] = []
+        feed = iter(requests)
 
         async def worker() -> None:
-            for index, request in feed:
+            for request in feed:
+                index = len(results)
+                results.append(None)
                 try:
                     results[index] = await self.generate(request, priority=priority, phase=phase)
                 except RequestFailed as failure:
                     results[index] = failure
 
-        workers = min(self.config.max_pending, len(materialised))
+        workers = self.config.max_pending
+        if isinstance(requests, Sized):
+            workers = min(workers, len(requests))
         await asyncio.gather(*(worker() for _ in range(workers)))
         return results  # type: ignore[return-value]
 
@@ -352,30 +406,157 @@ class Engine:
                 self._queued -= len(items)
                 if not queue:
                     del self._queues[chosen[0]]
+                if self._use_claims:
+                    items = self._claim(items)
+                    if not items:
+                        continue
+                reservation = (0.0, 0.0)
                 if self.config.budget_usd is not None or self.config.budget_tokens is not None:
-                    reason = self.budget_exhausted()
-                    if reason is not None:
-                        for item in items:
-                            self._fail_with(item, BudgetExhausted(reason))
+                    items, reservation = self._within_budget(items, params)
+                    if not items:
                         continue
                 self._in_flight += len(items)
                 if self._rpm is not None:
                     await self._rpm.acquire()
                 if self._tpm is not None:
                     await self._tpm.acquire(self._estimate_tokens(items, params))
-                call = loop.create_task(self._send(items, params))
+                call = loop.create_task(self._send(items, params, reservation))
                 self._calls.add(call)
                 call.add_done_callback(self._calls.discard)
 
-    def _estimate_tokens(self, items: Sequence[_Item], params: SamplingParams) -> float:
-        total = 0.0
+    # -- cross-process claims ------------------------------------------------------------------
+
+    def _claim(self, items: list[_Item]) -> list[_Item]:
+        """The items to send now: the others were answered meanwhile (resolved here) or are
+        being answered by another process (parked until their answer is in the cache)."""
+        assert self.cache is not None
+        keys = [item.key for item in items if item.key is not None]
+        if not keys:
+            return items
+        try:
+            outcome = self.cache.claim_many(keys, self.config.claim_ttl_s)
+        except Exception:  # claims save money; failing to take them must not lose work
+            logger.exception("could not claim %d request(s) in the cache", len(keys))
+            return items
+        self._claimed.update(outcome.mine)
+        if not outcome.answered and not outcome.elsewhere:
+            return items
+        elsewhere = set(outcome.elsewhere)
+        send: list[_Item] = []
         for item in items:
-            if item.prompt is not None:
-                chars = len(item.prompt)
+            key = item.key
+            if key is None:
+                send.append(item)
+            elif key in outcome.answered:
+                self._resolve_from_cache(item, outcome.answered[key])
+            elif key in elsewhere:
+                self._parked.setdefault(key, []).append(item)
             else:
-                chars = sum(len(content) + 8 for _, content in item.request.messages or ())
-            total += chars / 4 + params.max_tokens * params.n
-        return total
+                send.append(item)
+        if self._parked and (self._parked_poller is None or self._parked_poller.done()):
+            self._parked_poller = asyncio.get_running_loop().create_task(self._poll_parked())
+        return send
+
+    def _resolve_from_cache(self, item: _Item, completion: Completion) -> None:
+        self.ledger.record_hit(
+            self._model, item.phase, completion.prompt_tokens, completion.completion_tokens
+        )
+        if item.key is not None:
+            self._in_flight_by_key.pop(item.key, None)
+        if not item.future.done():
+            item.future.set_result(completion)
+
+    async def _poll_parked(self) -> None:
+        """Wait for answers other processes are computing; send what they gave up on."""
+        assert self.cache is not None
+        delay = 0.02
+        while self._parked:
+            await asyncio.sleep(delay)
+            keys = list(self._parked)
+            try:
+                poll = self.cache.poll_claims(keys)
+            except Exception:
+                logger.exception("could not read claims; sending %d request(s) here", len(keys))
+                poll = ClaimPoll(free=keys)
+            for key, completion in poll.answered.items():
+                for item in self._parked.pop(key, ()):
+                    self._resolve_from_cache(item, completion)
+            for key in poll.free:
+                for item in self._parked.pop(key, ()):
+                    self._enqueue(item)
+            progressed = poll.answered or poll.free
+            delay = 0.02 if progressed else min(delay * 2, self.config.claim_poll_max_s)
+
+    def _flush_releases(self) -> None:
+        """Give up the claims of requests that failed here, so others need not wait."""
+        keys, self._to_release = self._to_release, []
+        if keys and self.cache is not None:
+            try:
+                self.cache.release_many(keys)
+            except Exception:  # the claims expire on their own
+                logger.exception("could not release %d claim(s)", len(keys))
+
+    def _estimate_tokens(self, items: Sequence[_Item], params: SamplingParams) -> float:
+        return sum(sum(self._estimate(item, params)) for item in items)
+
+    @staticmethod
+    def _estimate(item: _Item, params: SamplingParams) -> tuple[float, float]:
+        """(prompt tokens, most completion tokens) of one request, as hosted APIs count them."""
+        if item.prompt is not None:
+            chars = len(item.prompt)
+        else:
+            chars = sum(len(content) + 8 for _, content in item.request.messages or ())
+        return chars / 4, float(params.max_tokens * params.n)
+
+    # -- budgets -------------------------------------------------------------------------------
+
+    def _within_budget(
+        self, items: list[_Item], params: SamplingParams
+    ) -> tuple[list[_Item], tuple[float, float]]:
+        """The items that may still be sent, and their cost, reserved until their call returns.
+
+        Spending counts what is in flight at its most (prompt + max_tokens), so a run stops at
+        its cap, not a window of calls past it: items are accepted while spent + reserved is
+        below the cap (the one that crosses it is the last), then spending stops for good and
+        every later request fails with `BudgetExhausted`.
+        """
+        config = self.config
+        reason = self._budget_stop
+        accepted: list[_Item] = []
+        tokens = usd = 0.0
+        if reason is None:
+            spent_tokens = self.ledger.spent_tokens + self._reserved_tokens
+            spent_usd = 0.0
+            price = None
+            if config.budget_usd is not None:
+                spent_usd = self.ledger.spent_usd() + self._reserved_usd
+                price = self.ledger.prices.price(self._model)
+            for item in items:
+                if config.budget_tokens is not None and spent_tokens + tokens >= (
+                    config.budget_tokens
+                ):
+                    reason = f"token budget of {config.budget_tokens} reached"
+                elif config.budget_usd is not None and spent_usd + usd >= config.budget_usd:
+                    reason = f"dollar budget of ${config.budget_usd:g} reached"
+                if reason is not None:
+                    break
+                prompt_tokens, completion_tokens = self._estimate(item, params)
+                accepted.append(item)
+                tokens += prompt_tokens + completion_tokens
+                usd += price.token_cost(prompt_tokens, completion_tokens) if price else 0.0
+        if reason is not None:
+            if self._budget_stop is None:
+                self._budget_stop = reason
+                logger.warning(
+                    "%s: no new request is sent; %d request(s) in flight are still counted",
+                    reason,
+                    self._in_flight,
+                )
+            for item in items[len(accepted) :]:
+                self._fail_with(item, BudgetExhausted(reason))
+        self._reserved_tokens += tokens
+        self._reserved_usd += usd
+        return accepted, (tokens, usd)
 
     async def _call_backend(
         self, items: Sequence[_Item], params: SamplingParams
@@ -414,7 +595,16 @@ class Engine:
             )
         return merged
 
-    async def _send(self, items: list[_Item], params: SamplingParams) -> None:
+    async def _send(
+        self, items: list[_Item], params: SamplingParams, reservation: tuple[float, float]
+    ) -> None:
+        try:
+            await self._send_call(items, params)
+        finally:
+            self._reserved_tokens -= reservation[0]
+            self._reserved_usd -= reservation[1]
+
+    async def _send_call(self, items: list[_Item], params: SamplingParams) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -436,7 +626,8 @@ class Engine:
                 self._fail(item, f"unexpected {type(error).__name__}: {error}", "internal")
             self._wake()
             return
-        latency = loop.time() - started
+        self._last_success = loop.time()
+        latency = self._last_success - started
         self._in_flight -= len(items)
         self.http_calls += 1
         self.window.on_success(len(items))
@@ -451,8 +642,21 @@ class Engine:
             ]
             try:
                 self.cache.put_many(entries)
-            except Exception:  # the answers are still good; losing the cache must not lose them
-                logger.exception("could not write %d answers to the cache", len(entries))
+            except Exception as error:
+                # These answers still reach their callers, but no further answer is bought that
+                # could not be kept either.
+                self._stop(
+                    RequestFailed(
+                        f"cannot save answers to the cache {self.cache.path}: {error}; stopped "
+                        "sending requests so that no more paid answers are lost",
+                        "cache",
+                        1,
+                        fatal=True,
+                    )
+                )
+            if self._claimed:
+                for key, _ in entries:
+                    self._claimed.discard(key)
         by_key = self._in_flight_by_key
         for item, completion in zip(items, completions, strict=True):
             ledger.record_answer(
@@ -471,6 +675,9 @@ class Engine:
     # -- failures ------------------------------------------------------------------------------
 
     def _on_error(self, items: list[_Item], error: BackendError) -> None:
+        if isinstance(error, AuthenticationError | UnknownModel):
+            self._stop(RequestFailed(str(error), error.kind, 1, fatal=True), items)
+            return
         if not error.retryable:
             if len(items) > 1:
                 # One invalid prompt makes the whole list call fail: resend each on its own so
@@ -483,7 +690,11 @@ class Engine:
                 self._fail(item, str(error), error.kind)
             return
         rate_limited = isinstance(error, RateLimited)
-        if rate_limited or isinstance(error, RequestTimeout):
+        if rate_limited:
+            self.window.on_congestion()
+        elif isinstance(error, RequestTimeout) and self.window.size > self.window.maximum // 4:
+            # A timeout is overload or a call the server dropped on the floor; the second is no
+            # reason to starve the server, so timeouts alone keep a quarter of the window.
             self.window.on_congestion()
         loop = asyncio.get_running_loop()
         if rate_limited and error.retry_after is not None:  # type: ignore[union-attr]
@@ -499,7 +710,10 @@ class Engine:
         if rate_limited and self._tpm is not None:
             self._tpm.give_back(self._estimate_tokens(items, items[0].request.params))
         retry: list[_Item] = []
+        now = loop.time()
         for item in items:
+            if item.failing_since is None:
+                item.failing_since = now
             # A 429 is the server pacing us, not the request failing: it has its own, larger
             # bound, so a long storm ends with answers while a broken server still ends.
             if rate_limited:
@@ -508,6 +722,17 @@ class Engine:
             else:
                 item.attempts += 1
                 exhausted = item.attempts > self.config.max_retries
+            if (
+                exhausted
+                and isinstance(error, ConnectionFailed)
+                and self._last_success < item.failing_since
+            ):
+                # Not one call got through while this request spent all its retries: the
+                # endpoint is gone, not flapping.
+                attempts = item.attempts + item.rate_limited
+                reason = f"the endpoint is unreachable: {error}"
+                self._stop(RequestFailed(reason, error.kind, attempts, fatal=True), items)
+                return
             if exhausted:
                 attempts = item.attempts + item.rate_limited
                 self._fail_with(item, RequestFailed(str(error), error.kind, attempts))
@@ -519,6 +744,10 @@ class Engine:
             asyncio.get_running_loop().call_later(delay, self._requeue, retry)
 
     def _requeue(self, items: list[_Item]) -> None:
+        if self._fatal is not None:
+            for item in items:
+                self._fail_with(item, self._fatal)
+            return
         if self._closed:
             for item in items:
                 self._fail(
@@ -537,6 +766,29 @@ class Engine:
         ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * (2**attempts))
         return self._random.uniform(ceiling / 2, ceiling)
 
+    def _stop(self, error: RequestFailed, items: Sequence[_Item] = ()) -> None:
+        """The endpoint is unusable: fail `items`, everything queued or parked, and every later
+        request with `error`; log it once."""
+        if self._fatal is None:
+            self._fatal = error
+            logger.error("stopping: %s", error.reason)
+        for item in items:
+            self._fail_with(item, self._fatal)
+        for queue in self._queues.values():
+            for item in queue:
+                self._fail_with(item, self._fatal)
+        self._queues.clear()
+        self._queued = 0
+        for parked in self._parked.values():
+            for item in parked:
+                self._fail_with(item, self._fatal)
+        self._parked.clear()
+
+    @property
+    def fatal_error(self) -> RequestFailed | None:
+        """The endpoint failure that stopped this engine, if any."""
+        return self._fatal
+
     def _fail(self, item: _Item, reason: str, kind: str) -> None:
         self._fail_with(item, RequestFailed(reason, kind, item.attempts + 1))
 
@@ -545,6 +797,11 @@ class Engine:
         self.ledger.record_failure(self._model, item.phase, kind)
         if item.key is not None:
             self._in_flight_by_key.pop(item.key, None)
+            if item.key in self._claimed:
+                self._claimed.discard(item.key)
+                self._to_release.append(item.key)
+                if len(self._to_release) == 1 and not self._closed:
+                    asyncio.get_running_loop().call_soon(self._flush_releases)
         if not item.future.done():
             item.future.set_exception(error)
             # Mark retrieved: a caller that was cancelled must not log "exception never retrieved".

@@ -5,7 +5,8 @@ chat scorers the answer-pinning second turn, submitted the moment the first retu
 `Priority.FOLLOW_UP` so that open chains finish before new ones start. All chains of all prompts
 run at once under the engine's one window; a bounded number of chains are active at a time, so
 memory stays flat however many prompts and samples are asked for. A chain whose request fails
-is recorded as failed with its reason and left out of the prompt's mean, never silently scored 0.
+is recorded as failed with its reason and left out of the prompt's mean, never silently scored 0;
+a failure of the endpoint itself (`RequestFailed.fatal`) stops the evaluation and is raised.
 """
 
 from __future__ import annotations
@@ -179,6 +180,8 @@ class Evaluator:
                 )
                 answers.append(second.text)
         except (RequestFailed, BudgetExhausted) as error:
+            if isinstance(error, RequestFailed) and error.fatal:
+                raise  # the endpoint is unusable: stop the evaluation, not just this sample
             if isinstance(error, BudgetExhausted):
                 result.stopped_by_budget = str(error)
             return SampleRecord(

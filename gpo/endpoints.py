@@ -13,6 +13,7 @@ process listings and the run directory.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
@@ -20,7 +21,16 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from backends.errors import ConfigError
+from backends.errors import (
+    AuthenticationError,
+    BackendError,
+    ClientRequestError,
+    ConfigError,
+    ConnectionFailed,
+    MalformedResponse,
+    RequestTimeout,
+    ServerError,
+)
 from backends.openai_client import OpenAICompatibleBackend
 from backends.protocol import Backend, Capabilities
 from engine.cache import ResponseCache
@@ -194,6 +204,29 @@ def _engine_config(args: argparse.Namespace, role: str, capabilities: Capabiliti
     )
 
 
+async def served_models(
+    backend: OpenAICompatibleBackend, role: str, attempts: int = 3
+) -> list[str] | None:
+    """The models the endpoint lists, trying a few times before calling it unreachable; None
+    when it does not list models (some hosted APIs do not)."""
+    last: BackendError | None = None
+    for attempt in range(attempts):
+        try:
+            return await backend.list_models()
+        except (ConnectionFailed, ServerError, RequestTimeout, MalformedResponse) as error:
+            last = error
+            if attempt + 1 < attempts:
+                await asyncio.sleep(0.5 * 2**attempt)
+        except ClientRequestError as error:
+            if isinstance(error, AuthenticationError):
+                raise
+            return None
+    raise ConfigError(
+        f"--{role}-url {backend.base_url}: the server cannot be reached after {attempts} "
+        f"attempts ({last})"
+    )
+
+
 async def _http_backend(
     args: argparse.Namespace,
     role: str,
@@ -202,31 +235,41 @@ async def _http_backend(
     model: str | None = None,
     identity: str | None = None,
 ) -> OpenAICompatibleBackend:
+    """A backend for `url`; the model is checked against the ones the server lists (or taken
+    from that list), so an unknown model or an unreachable server is one clear error before
+    any work starts."""
     concurrency = getattr(args, f"{role}_concurrency", None) or capabilities.max_concurrency or 64
-    backend = OpenAICompatibleBackend(
-        url,
-        model or getattr(args, f"{role}_model", None),
-        api_key=read_api_key(args, role),
-        capabilities=capabilities,
-        max_connections=max(8, concurrency * 2),
-        request_timeout_s=getattr(args, "request_timeout", 600.0),
-        identity=identity,
-    )
-    if not backend.model:
-        models = await backend.list_models()
-        if not models:
-            raise ConfigError(f"--{role}-model: {backend.base_url} serves no model")
-        await backend.close()
-        backend = OpenAICompatibleBackend(
+
+    def make(name: str | None) -> OpenAICompatibleBackend:
+        return OpenAICompatibleBackend(
             url,
-            models[0],
+            name,
             api_key=read_api_key(args, role),
             capabilities=capabilities,
             max_connections=max(8, concurrency * 2),
             request_timeout_s=getattr(args, "request_timeout", 600.0),
             identity=identity,
         )
-    return backend
+
+    wanted = model or getattr(args, f"{role}_model", None)
+    backend = make(wanted)
+    try:
+        models = await served_models(backend, role)
+    except BaseException:
+        await backend.close()
+        raise
+    if wanted:
+        if models is not None and models and wanted not in models:
+            await backend.close()
+            raise ConfigError(
+                f"--{role}-model {wanted!r}: {backend.base_url} does not serve it; "
+                f"it serves: {', '.join(models)}"
+            )
+        return backend
+    await backend.close()
+    if not models:
+        raise ConfigError(f"--{role}-model: {backend.base_url} lists no model; name one")
+    return make(models[0])
 
 
 @contextlib.asynccontextmanager

@@ -67,7 +67,14 @@ async def run_eval_job(
     with (out_dir / "records.jsonl").open("ab") as records_file:
 
         def record_written(record: SampleRecord) -> None:
-            records_file.write(orjson.dumps(record.to_json()) + b"\n")
+            try:
+                records_file.write(orjson.dumps(record.to_json()) + b"\n")
+                records_file.flush()
+            except OSError as error:
+                raise ConfigError(
+                    f"cannot write {out_dir / 'records.jsonl'}: {error.strerror or error}; "
+                    "records written before this and every answer in the cache are kept"
+                ) from None
             if on_record is not None:
                 on_record(record)
 

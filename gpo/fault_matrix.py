@@ -388,7 +388,7 @@ async def run_evaluation(
 class _Disruptions:
     """Restarts the server, or takes it down for a while, as the evaluation passes thresholds
     (counted in finished chains). One disruption at a time: the next waits until the server
-    answers again."""
+    answers again (and, after an outage, has been up as long as it was down)."""
 
     def __init__(
         self,
@@ -436,6 +436,9 @@ class _Disruptions:
                         await _control(self._session, self._url, "/sim/restart", {})
                     self.sent += 1
                     await self._until_up()
+                    if self._disruption == "outage":
+                        # Separate outages: back-to-back ones would be one longer outage.
+                        await asyncio.sleep(self._outage_s)
                 except aiohttp.ClientError as error:
                     logger.warning("a server disruption could not be sent: %s", error)
 
@@ -485,9 +488,9 @@ def judge(
     outcome.rate_limited = int(metric_total(metrics, "sim_rate_limited_total"))
     outcome.restarts = int(metric_total(metrics, "sim_restarts_total"))
     if run.result is None or run.summary is None:
-        outcome.silent_losses = len(reference)
-        outcome.loss_examples.append("the evaluation did not return")
-        return outcome
+        if not run.hang and run.error is None:
+            outcome.error = "the evaluation returned nothing"
+        return outcome  # the hang or the error is the verdict
 
     def lose(what: str) -> None:
         outcome.silent_losses += 1

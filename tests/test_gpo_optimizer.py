@@ -233,7 +233,7 @@ async def test_fixed_prompt_baselines_never_call_the_optimizer(tmp_path: Path) -
 
 async def test_a_spent_budget_stops_cleanly_with_everything_saved(tmp_path: Path) -> None:
     config = config_for_method("gpo", **{**SMALL, "epochs": 3})
-    summary, *_ = await optimize(tmp_path / "run", config, budget_usd=0.002)
+    summary, *_ = await optimize(tmp_path / "run", config, budget_usd=0.005)
     (result,) = summary["tasks"]
     assert result["status"] == "stopped"
     assert "budget" in result["stop_reason"]

@@ -44,7 +44,7 @@ async def test_report_of_three_methods_has_the_paper_table_prompts_and_costs(
 
 async def test_report_reads_a_run_that_stopped_on_its_budget(tmp_path: Path) -> None:
     config = config_for_method("gpo", **{**SMALL, "epochs": 3})
-    await optimize(tmp_path / "run", config, budget_usd=0.002)
+    await optimize(tmp_path / "run", config, budget_usd=0.005)
     run = load_run(tmp_path / "run")
     assert run.status == "stopped"
     (curve,) = run.curves

@@ -1,8 +1,9 @@
 """The fault matrix, reduced: every fault kind of the simulated server at a low and a high rate,
 500 requests per cell with short client timeouts, each cell checked record by record against a
 fault-free run (no silent loss, no hang, bounded retries). The full 10,000-request matrix is
-`python -m gpo.fault_matrix`. Also: the checker itself catches a lost or altered record, and a
-server too broken for the retry budget ends with failures marked and counted, not dropped."""
+`python -m gpo.fault_matrix`. Also: the checker itself catches a lost or altered record, a
+server too broken for the retry budget ends with failures marked and counted, not dropped, and a
+request that no rate limit can ever admit fails at once instead of retrying for hours."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from backends.simulated import FaultRates, SimulatedServerConfig
+from backends.openai_client import OpenAICompatibleBackend
+from backends.protocol import Completion, Request, SamplingParams
+from backends.simulated import FaultRates, RateLimits, SimulatedServer, SimulatedServerConfig
 from benchmarks import Task, load_task
+from engine.engine import Engine, EngineConfig, RequestFailed
 from gpo.fault_matrix import (
     FAULT_KINDS,
     HIGH,
@@ -40,8 +44,8 @@ SETTINGS = MatrixSettings(
     outage_simulated_s=30.0,  # 1.5 real seconds at this time scale
     max_batch_size=4,  # more HTTP calls, so more fault draws per cell
     max_retries=8,
-    backoff_base_s=0.05,
-    backoff_max_s=1.0,
+    backoff_base_s=0.1,  # 8 retries span at least 4.5 s: more than two outages back to back
+    backoff_max_s=2.0,
     cell_deadline_s=90.0,
     server="inprocess",
 )
@@ -85,7 +89,7 @@ def test_fault_cell_loses_nothing_silently(
         if kind == "rate_limit":
             assert outcome.rate_limited > 0
         elif kind in ("restart", "outage"):
-            assert outcome.restarts >= 2
+            assert outcome.restarts >= 1
         else:
             assert outcome.faults_injected > 0
         if kind != "slow_body":  # a slow body is a correct answer, only late
@@ -134,3 +138,28 @@ def test_a_server_beyond_the_retry_budget_marks_and_counts_failures(
     assert outcome.failure_reasons.get("server_error", 0) > 0
     failed = [r for r in run.result.records if r.failure is not None]
     assert all("HTTP 50" in r.failure for r in failed)
+
+
+async def test_a_request_too_large_for_the_rate_limit_fails_at_once_not_after_200_retries() -> None:
+    # The bucket holds 3,000 tokens: a 3,500-token request can never be admitted (429 without
+    # Retry-After, "Request too large"), while a prompt list too large as a whole is split and
+    # every prompt in it answered.
+    config = SimulatedServerConfig(
+        time_scale=100.0, zero_latency=True, rate_limits=RateLimits(tokens_per_minute=3000)
+    )
+    async with SimulatedServer(config) as server:
+        backend = OpenAICompatibleBackend(f"{server.url}/v1", config.model)
+        engine_config = EngineConfig(backoff_base_s=0.01, backoff_max_s=0.1)
+        async with Engine(backend, engine_config) as engine, asyncio.timeout(60):
+            huge = SamplingParams(max_tokens=3500)  # fits the context, never the bucket
+            (failure,) = await engine.generate_many([Request(prompt="Tell all.", params=huge)])
+            refusals = server.counters.rate_limited
+            listed = [
+                Request(prompt=f"Question {i}?", params=SamplingParams(max_tokens=200))
+                for i in range(32)
+            ]
+            answers = await engine.generate_many(listed)
+    assert isinstance(failure, RequestFailed)
+    assert failure.attempts == 1 and "too large" in failure.reason.lower()
+    assert refusals == 1  # refused once, not retried 200 times over hours
+    assert all(isinstance(answer, Completion) for answer in answers)

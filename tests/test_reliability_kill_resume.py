@@ -1,0 +1,212 @@
+"""Kill and resume: `gpo optimize` SIGKILLed at 20 random moments, each run resumed with
+`--resume`, must end with the same final prompts and scores as an uninterrupted run and must not
+send again any request answered before the kill.
+
+"Answered before the kill" is what the run had saved: the cache entries in its run directory
+right after the kill. After the resume, the simulated server's count of sequences generated
+during the resume must equal the sequences of the cache entries the resume added: one more
+sequence would be an answered request paid for twice."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from backends.simulated import (
+    SimulatedServerConfig,
+    SimulatedServerProcess,
+    metric_total,
+    start_server_process,
+)
+from benchmarks import load_task
+from tests.gpo_fakes import DATA_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+TASK = "bbh/navigate"
+TRIALS = 20
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SimulatedServerProcess]:
+    task = load_task(TASK, DATA_DIR)
+    key = {s.input: s.target for split in ("train", "eval", "test") for s in task.split(split)}
+    # 10x real time: a run lasts about two seconds, long enough to be killed anywhere in it.
+    with start_server_process(SimulatedServerConfig(time_scale=10.0), answer_key=key) as handle:
+        yield handle
+
+
+def optimize_args(url: str, run_dir: Path) -> list[str]:
+    return [
+        "optimize",
+        "--task",
+        TASK,
+        "--steps",
+        "2",
+        "--candidates",
+        "4",
+        "--train-size",
+        "16",
+        "--dev-size",
+        "8",
+        "--test-size",
+        "8",
+        "--scorer-url",
+        url,
+        "--scorer-chat-template",
+        "chatml",
+        "--optimizer-url",
+        url,
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+    ]
+
+
+def environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_BASE_URL"}
+    env.update({"GPO_DATA_DIR": str(DATA_DIR), "COLUMNS": "160"})
+    return env
+
+
+def gpo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gpo", *args],
+        cwd=REPO,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def outcome(run_dir: Path) -> dict[str, Any]:
+    (task,) = orjson.loads((run_dir / "summary.json").read_bytes())["tasks"]
+    keys = ("trajectory", "final_prompt", "final_dev", "final_test", "initial_dev", "initial_test")
+    return {key: task[key] for key in keys}
+
+
+def cached_sequences(cache: Path) -> dict[bytes, int]:
+    """Request key -> sequences in its answer, for every answer the cache file holds."""
+    if not cache.exists():
+        return {}
+    connection = sqlite3.connect(cache)
+    try:
+        rows = connection.execute("SELECT key, payload FROM responses").fetchall()
+    finally:
+        connection.close()
+    return {key: len(orjson.loads(payload)[0]) for key, payload in rows}
+
+
+def served(server: SimulatedServerProcess) -> float:
+    return metric_total(server.metrics(), "sim_sequences_served_total")
+
+
+def wait_until_idle(server: SimulatedServerProcess, timeout_s: float = 30.0) -> None:
+    """Until the server holds no sequence of the killed client (it aborts them on disconnect)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        metrics = server.metrics()
+        busy = metric_total(metrics, "vllm:num_requests_running") + metric_total(
+            metrics, "vllm:num_requests_waiting"
+        )
+        if busy == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the server stayed busy after the client was killed")
+
+
+@dataclass
+class Trial:
+    delay_s: float
+    answered_before_kill: int
+    resent: int
+    sent_by_resume: int
+    same_result: bool
+
+
+def kill_at(url: str, run_dir: Path, delay_s: float) -> bool:
+    """Start a run, SIGKILL it `delay_s` after its run directory exists; False if it finished
+    first."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpo", *optimize_args(url, run_dir)],
+        cwd=REPO,
+        env=environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (run_dir / "config.json").exists() and time.monotonic() < deadline:
+            if process.poll() is not None:
+                break
+            time.sleep(0.005)
+        time.sleep(delay_s)
+        if process.poll() is not None:
+            return False
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    return True
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(server, tmp_path_factory) -> tuple[dict[str, Any], float]:
+    run_dir = tmp_path_factory.mktemp("whole") / "run"
+    started = time.monotonic()
+    done = gpo(*optimize_args(f"{server.url}/v1", run_dir))
+    assert done.returncode == 0, done.stderr
+    return outcome(run_dir), time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_twenty_kills_at_random_moments_resume_to_the_same_result(
+    server, uninterrupted, tmp_path
+) -> None:
+    reference, duration = uninterrupted
+    url = f"{server.url}/v1"
+    chooser = random.Random(20)
+    trials: list[Trial] = []
+    for index in range(TRIALS):
+        run_dir = tmp_path / f"trial-{index:02d}"
+        delay = chooser.uniform(0.0, 0.9 * duration)
+        while not kill_at(url, run_dir, delay):
+            for path in sorted(run_dir.rglob("*"), reverse=True):
+                path.unlink() if path.is_file() else path.rmdir()
+            delay /= 2
+        wait_until_idle(server)
+        before_kill = cached_sequences(run_dir / "cache.sqlite")
+        served_before = served(server)
+
+        resumed = gpo("optimize", "--resume", str(run_dir), "--no-progress")
+        assert resumed.returncode == 0, (index, delay, resumed.stderr)
+        after = cached_sequences(run_dir / "cache.sqlite")
+        added = {key: n for key, n in after.items() if key not in before_kill}
+        sent = served(server) - served_before
+        assert before_kill.keys() <= after.keys()
+        trials.append(
+            Trial(
+                delay_s=delay,
+                answered_before_kill=len(before_kill),
+                resent=int(sent - sum(added.values())),
+                sent_by_resume=int(sent),
+                same_result=outcome(run_dir) == reference,
+            )
+        )
+    assert [t for t in trials if not t.same_result] == []
+    assert [t for t in trials if t.resent != 0] == []
+    # The moments were spread over the run: some kills before any answer, most after many.
+    assert sum(1 for t in trials if t.answered_before_kill > 0) >= TRIALS // 2
+    assert sum(1 for t in trials if t.sent_by_resume > 0) >= TRIALS // 2
