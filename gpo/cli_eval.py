@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     with progress:
         summary = run_async(main())
     print_summary(summary, out_dir)
-    return 0
+    return 3 if summary.get("stopped_by_budget") else 0
 
 
 def print_summary(summary: dict[str, Any], out_dir: Path) -> None:
@@ -222,7 +222,9 @@ def print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     console.print(
         f"requests {totals['requests']} (cache hits {totals['cache_hits']}), "
         f"tokens {totals['prompt_tokens']} prompt + {totals['completion_tokens']} completion, "
-        f"${totals['cost_usd']:.4f}, failures {summary['failures']}, "
+        f"${totals['cost_usd']:.4f}, failures {summary['failures']}"
+        + (f" {totals['failures_by_kind']}" if totals["failures_by_kind"] else "")
+        + ", "
         f"wall {summary['ledger']['wall_time_s']:.1f} s"
     )
     if summary.get("stopped_by_budget"):

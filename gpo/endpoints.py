@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from backends.chat_template import CHAT_TEMPLATES
 from backends.errors import (
     AuthenticationError,
     BackendError,
@@ -94,6 +95,7 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser, role: str) -> None:
     group.add_argument(
         f"--{role}-chat-template",
         metavar="NAME",
+        choices=sorted(CHAT_TEMPLATES),
         help="render chats client-side with this template (chatml, llama2, "
         "llama3) so they travel as prompt lists; must match the server's",
     )

@@ -64,7 +64,8 @@ async def run_eval_job(
     tasks = {name: load_task(name, job.data_dir) for name in job.prompts_by_task}
     evaluator = Evaluator(engine, job.settings)
     records_file: BinaryIO
-    with (out_dir / "records.jsonl").open("ab") as records_file:
+    # One evaluation per output folder: a re-run replaces the records rather than doubling them.
+    with (out_dir / "records.jsonl").open("wb") as records_file:
 
         def record_written(record: SampleRecord) -> None:
             try:

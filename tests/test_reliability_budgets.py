@@ -99,7 +99,7 @@ def test_an_evaluation_stops_at_its_budget_and_counts_every_answer(
     before = served_tokens(server)
     done = gpo(*eval_args(server.url, out, "--prices", str(prices), *cap))
     after = served_tokens(server)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 3, done.stderr  # stopped by its budget, as `gpo optimize` says
     assert "stopped" in done.stdout and "budget" in done.stdout
     summary = orjson.loads((out / "summary.json").read_bytes())
     assert summary["stopped_by_budget"]
