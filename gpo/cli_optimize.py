@@ -187,6 +187,11 @@ def add_parser(subparsers: Any) -> None:
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run")
     run.add_argument("--tasks-at-once", type=int, default=1, metavar="N", help="tasks in parallel")
     run.add_argument("--no-progress", action="store_true", help="no progress display")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the expected scorer and optimizer calls, tokens and dollars, and exit",
+    )
     add_endpoint_arguments(parser, "scorer")
     add_endpoint_arguments(parser, "optimizer")
     add_shared_arguments(parser)
@@ -444,6 +449,11 @@ def prepare(args: argparse.Namespace) -> tuple[argparse.Namespace, RunSpec, RunD
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "dry_run", False):
+        from gpo.dry_run import estimate_run, print_estimates
+
+        print_estimates(estimate_run(spec_from_args(args), args))
+        return 0
     args, spec, run_dir = prepare(args)
     console = Console(stderr=True)
     progress = RichProgress(console, enabled=not args.no_progress and console.is_terminal)
