@@ -39,10 +39,23 @@ def gpo(*args: str) -> subprocess.CompletedProcess[str]:
 def test_eval_two_prompts_on_navigate(server_url, tmp_path):
     out = tmp_path / "eval"
     done = gpo(
-        "eval", "--task", "bbh/navigate", "--split", "test", "--limit", "40",
-        "--prompt", "Let's think step by step.",
-        "--prompt", "Carefully check each step and give the answer option.",
-        "--scorer-url", server_url, "--scorer-chat-template", "chatml", "--out", str(out),
+        "eval",
+        "--task",
+        "bbh/navigate",
+        "--split",
+        "test",
+        "--limit",
+        "40",
+        "--prompt",
+        "Let's think step by step.",
+        "--prompt",
+        "Carefully check each step and give the answer option.",
+        "--scorer-url",
+        server_url,
+        "--scorer-chat-template",
+        "chatml",
+        "--out",
+        str(out),
     )
     assert done.returncode == 0, done.stderr
     summary = orjson.loads((out / "summary.json").read_bytes())
@@ -62,11 +75,25 @@ def test_eval_two_prompts_on_navigate(server_url, tmp_path):
     assert "bbh/navigate" in done.stdout and "tokens" in done.stdout
 
     again = gpo(
-        "eval", "--task", "bbh/navigate", "--split", "test", "--limit", "40",
-        "--prompt", "Let's think step by step.",
-        "--prompt", "Carefully check each step and give the answer option.",
-        "--scorer-url", server_url, "--scorer-chat-template", "chatml",
-        "--out", str(tmp_path / "again"), "--cache", str(out / "cache.sqlite"),
+        "eval",
+        "--task",
+        "bbh/navigate",
+        "--split",
+        "test",
+        "--limit",
+        "40",
+        "--prompt",
+        "Let's think step by step.",
+        "--prompt",
+        "Carefully check each step and give the answer option.",
+        "--scorer-url",
+        server_url,
+        "--scorer-chat-template",
+        "chatml",
+        "--out",
+        str(tmp_path / "again"),
+        "--cache",
+        str(out / "cache.sqlite"),
     )
     assert again.returncode == 0, again.stderr
     repeat = orjson.loads((tmp_path / "again" / "summary.json").read_bytes())
@@ -83,8 +110,7 @@ def test_list_tasks_prints_every_task():
 
 
 def test_unknown_task_lists_valid_names(server_url, tmp_path):
-    done = gpo("eval", "--task", "bbh/navigat", "--scorer-url", server_url,
-               "--out", str(tmp_path))
+    done = gpo("eval", "--task", "bbh/navigat", "--scorer-url", server_url, "--out", str(tmp_path))
     assert done.returncode == 2
     assert "bbh/navigate" in done.stderr and "Traceback" not in done.stderr
 
