@@ -32,13 +32,12 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import orjson
 
 from backends.errors import ConfigError
-from backends.managed_process import ManagedServer
+from backends.managed_process import ManagedServer, StartStopContext
 from backends.protocol import Capabilities
 
 logger = logging.getLogger(__name__)
@@ -175,7 +174,7 @@ def probe_llama_capabilities(base_url: str, model: str, timeout_s: float = 60.0)
     return capabilities
 
 
-class EmbeddedModelServer:
+class EmbeddedModelServer(StartStopContext):
     """The embedded model on a free loopback port, for the length of a `with` block.
 
     `url` is the OpenAI base URL (ending in `/v1`) to give a client; `model_name` the name to
@@ -272,27 +271,3 @@ class EmbeddedModelServer:
 
     def stop_sync(self) -> None:
         self._server.stop_sync()
-
-    async def __aenter__(self) -> EmbeddedModelServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    def __enter__(self) -> EmbeddedModelServer:
-        self.start_sync()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop_sync()

@@ -34,7 +34,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self
 
 import orjson
 
@@ -153,7 +153,36 @@ def _die_with_parent_hook() -> Callable[[], None] | None:
     return hook
 
 
-class ManagedServer:
+class StartStopContext:
+    """`async with` and `with` for a server class that defines `start`/`stop` (async) and
+    `start_sync`/`stop_sync`."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def __enter__(self) -> Self:
+        self.start_sync()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop_sync()
+
+
+class ManagedServer(StartStopContext):
     """One server subprocess bound to 127.0.0.1; usable as a sync or an async context manager.
 
     `command` builds the argv for a given port, so that the port can be chosen here. When no log
@@ -375,18 +404,6 @@ class ManagedServer:
                 process.wait()
         self._finish_stop()
 
-    def __enter__(self) -> ManagedServer:
-        self.start_sync()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop_sync()
-
     # ---- async lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
@@ -456,18 +473,6 @@ class ManagedServer:
             self._kill_now()
             raise
         self._finish_stop()
-
-    async def __aenter__(self) -> ManagedServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def wait_exited(self, poll_interval_s: float = 0.5) -> int:
         """Return the exit code once the process ends by itself (for `gpo serve`)."""

@@ -19,13 +19,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from backends.errors import ConfigError, MalformedResponse
 from backends.managed_process import (
     LOOPBACK_HOST,
     ManagedServer,
+    StartStopContext,
     http_get_json,
     option_value,
     remove_options,
@@ -166,7 +166,7 @@ def _first_gpu(gpus: Sequence[GpuInfo], selection: str | None) -> GpuInfo | None
     return gpus[index] if index < len(gpus) else gpus[0]
 
 
-class ManagedVllmServer:
+class ManagedVllmServer(StartStopContext):
     """`vllm serve` for the length of a `with` block (async or sync).
 
     `config` is a `VllmServeConfig`, or just the model name with `extra_args` for vLLM.
@@ -310,27 +310,3 @@ class ManagedVllmServer:
 
     def stop_sync(self) -> None:
         self._server.stop_sync()
-
-    async def __aenter__(self) -> ManagedVllmServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    def __enter__(self) -> ManagedVllmServer:
-        self.start_sync()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop_sync()
