@@ -21,7 +21,8 @@ def estimate_run(spec: RunSpec, args: argparse.Namespace) -> dict[str, CostEstim
         "layout": spec.scoring.layout,
         "first_turn_max_tokens": spec.scoring.first_turn.max_tokens,
         "follow_up_max_tokens": spec.scoring.follow_up.max_tokens,
-        "chat_template": getattr(args, "scorer_chat_template", None) or "chatml",
+        # No template named: a hosted chat endpoint, counted with its per-message overhead.
+        "chat_template": getattr(args, "scorer_chat_template", None),
         "optimizer_chat_template": getattr(args, "optimizer_chat_template", None),
         "scorer_model": getattr(args, "scorer_model", None),
         "optimizer_model": getattr(args, "optimizer_model", None),
