@@ -36,9 +36,9 @@ def gpo(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_eval_two_prompts_on_navigate(server_url, tmp_path):
-    out = tmp_path / "eval"
-    done = gpo(
+def two_prompt_eval(server_url: str) -> tuple[str, ...]:
+    """`gpo eval` of two prompts on 40 test samples of bbh/navigate, output folder left out."""
+    return (
         "eval",
         "--task",
         "bbh/navigate",
@@ -54,9 +54,12 @@ def test_eval_two_prompts_on_navigate(server_url, tmp_path):
         server_url,
         "--scorer-chat-template",
         "chatml",
-        "--out",
-        str(out),
     )
+
+
+def test_eval_two_prompts_on_navigate(server_url, tmp_path):
+    out = tmp_path / "eval"
+    done = gpo(*two_prompt_eval(server_url), "--out", str(out))
     assert done.returncode == 0, done.stderr
     summary = orjson.loads((out / "summary.json").read_bytes())
     rows = summary["rows"]
@@ -75,21 +78,7 @@ def test_eval_two_prompts_on_navigate(server_url, tmp_path):
     assert "bbh/navigate" in done.stdout and "tokens" in done.stdout
 
     again = gpo(
-        "eval",
-        "--task",
-        "bbh/navigate",
-        "--split",
-        "test",
-        "--limit",
-        "40",
-        "--prompt",
-        "Let's think step by step.",
-        "--prompt",
-        "Carefully check each step and give the answer option.",
-        "--scorer-url",
-        server_url,
-        "--scorer-chat-template",
-        "chatml",
+        *two_prompt_eval(server_url),
         "--out",
         str(tmp_path / "again"),
         "--cache",
