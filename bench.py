@@ -33,7 +33,11 @@ contender's wall time over the engine's; client CPU seconds (`time.process_time`
 threads included; the server runs in another process); HTTP requests and 429s (the server's
 /metrics, before and after); failures (chains the pattern gave up on); peak memory (the worker's
 peak RSS during the run minus its RSS before it, libraries already imported: VmHWM reset through
-/proc/self/clear_refs, ru_maxrss where /proc is unavailable). Every figure is the median of
+/proc/self/clear_refs, ru_maxrss where /proc is unavailable). On the zero-service-time server
+(W5, W6) each worker first scores up to 1,000 chains of other prompts, unmeasured, so that the
+figures are a warm process's per-prompt cost, as in a long run, not its start-up (which would
+fall on the smallest W5 size alone; the warm-up's freed memory may be reused by the measured run,
+so its peak can read up to the warm-up's own few MB low). Every figure is the median of
 `--repeat` runs. A contender too slow to finish within the run budget stops at a unit boundary
 (a chain, a candidate or a round, as its pattern allows) and its totals are extrapolated linearly
 from the measured prefix; the table marks them with "~". A contender that gives up on chains
@@ -316,6 +320,32 @@ def plan_rounds(workload: Workload, task: Task, chain_cap: int | None = None) ->
             first += len(samples)
         plans.append(RoundPlan(scoring_round.label, scoring_round.split, tuple(groups)))
     return plans
+
+
+WARM_UP_SCORED_PROMPTS = 1_000
+"""Zero-service-time runs (W5, W6) first score this many chains of other prompts, unmeasured."""
+
+
+def warm_up_rounds(workload: Workload, task: Task) -> list[RoundPlan]:
+    """An unmeasured first evaluation in the worker for the zero-service-time workloads.
+
+    W5 and W6 measure what a scored prompt costs the client in a long run, where the process
+    has long been warm; a fresh worker's first evaluation also pays one-off costs (first calls
+    through every code path, the allocator's first arenas, the first connections), ~10 ms that
+    would be charged to the smallest W5 size alone. The warm-up uses the workload's own shape
+    with other prompt texts, so no answer is reused; every contender gets the same warm-up.
+    """
+    renamed = Workload(
+        f"{workload.key} warm-up",
+        workload.title,
+        workload.server,
+        tuple(
+            dataclasses.replace(r, prompts=tuple(f"{p} (warm-up)" for p in r.prompts))
+            for r in workload.rounds
+        ),
+        workload.description,
+    )
+    return plan_rounds(renamed, task, min(WARM_UP_SCORED_PROMPTS, workload.scored_prompts))
 
 
 def failed_chains(rounds: Sequence[RoundPlan], transcript: Transcript) -> list[RoundPlan]:
@@ -1280,6 +1310,7 @@ class RunSpec:
     chain_cap: int | None = None
     cache_path: str | None = None
     warm_up_first: bool = False
+    warm_up_process: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -1404,6 +1435,15 @@ def measure(spec: RunSpec, task: Task | None = None) -> RunResult:
 
     if spec.warm_up_first:
         launch(context(float("inf")))
+    if spec.warm_up_process:
+        warm_rounds = warm_up_rounds(workload, task)
+        launch(
+            dataclasses.replace(
+                context(float("inf")),
+                rounds=warm_rounds,
+                transcript=Transcript(sum(plan.chains for plan in warm_rounds)),
+            )
+        )
     ctx = context(spec.budget_s)
     gc.collect()
     peak_reset = _reset_peak_rss()
@@ -1757,6 +1797,7 @@ def run_benchmark(settings: BenchSettings, task: Task) -> list[WorkloadReport]:
                         chain_cap=_chain_cap(workload, name, scale.round_cap),
                         cache_path=cache_path,
                         warm_up_first=warm_up,
+                        warm_up_process=workload.server == "zero",
                     )
                     _log(f"{key} run {repeat + 1}/{settings.repeat}: {name} ...")
                     result = run_in_worker(spec, scale.in_process, task)
