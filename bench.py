@@ -454,8 +454,8 @@ def describe_server(config: Any) -> str:
 
 def expected_transcript_workload(
     config: Any, rounds: Sequence[RoundPlan], task: Task, answer_key: dict[str, str]
-) -> list[list[tuple[str, int]]]:
-    """Per round, (rendered prompt, output tokens) in the order FCFS sees them at best.
+) -> list[list[tuple[str, int, str]]]:
+    """Per round, (rendered prompt, output tokens, answer) in the order FCFS sees them at best.
 
     The answers come from the server's own synthesizer, so the second turn's prompt holds the
     very first answer the server will give. First turns come before second turns.
@@ -475,20 +475,21 @@ def expected_transcript_workload(
 
     per_round = []
     for plan in rounds:
-        firsts: list[tuple[str, int]] = []
-        seconds: list[tuple[str, int]] = []
+        firsts: list[tuple[str, int, str]] = []
+        seconds: list[tuple[str, int, str]] = []
         for group in plan.groups:
             for _, sample in group.chains:
                 messages = build_prompt(group.prompt, sample, layout)
                 assert not isinstance(messages, str)
                 rendered = render(messages)
                 text, tokens = answer(rendered, FIRST_TURN_PARAMS.max_tokens)
-                firsts.append((rendered, tokens))
+                firsts.append((rendered, tokens, text))
                 follow_up = answer_turn(task, sample)
                 if follow_up is not None:
                     conversation = (*messages, ("assistant", text), ("user", follow_up))
                     second = render(conversation)
-                    seconds.append((second, answer(second, FOLLOW_UP_PARAMS.max_tokens)[1]))
+                    final, final_tokens = answer(second, FOLLOW_UP_PARAMS.max_tokens)
+                    seconds.append((second, final_tokens, final))
         per_round.append(firsts + seconds)
     return per_round
 
@@ -498,13 +499,16 @@ def theoretical_makespan_s(
 ) -> float:
     """Least real seconds the server needs: rounds in sequence, each fully queued at t = 0.
 
-    The prefix cache is carried from round to round in submission order, as the live server's is.
+    The prefix cache is carried from round to round in submission order, as the live server's is;
+    answers' decoded blocks enter it, so second turns find the first turn's prompt and answer.
     """
     from backends.simulated import analyse_workload, workload_from_prompts
 
     per_round = expected_transcript_workload(config, rounds, task, answer_key)
     flat = [item for items in per_round for item in items]
-    items = workload_from_prompts(config, [p for p, _ in flat], [t for _, t in flat])
+    items = workload_from_prompts(
+        config, [p for p, _, _ in flat], [t for _, t, _ in flat], [a for _, _, a in flat]
+    )
     total = 0.0
     start = 0
     for round_items in per_round:

@@ -41,8 +41,6 @@ async def test_every_worker_finishes_before_it_returns():
 
 
 async def test_first_error_cancels_the_rest_and_is_raised_once_all_ended():
-    # (That every failed task's exception is retrieved is checked end to end by the CLI test
-    # test_a_model_refused_mid_run_is_reported_once_and_not_retried: no asyncio warning.)
     states: list[str] = []
     gate = asyncio.Event()
 

@@ -198,6 +198,26 @@ async def test_prefix_cache_hit_rate_matches_block_arithmetic(server, client):
     assert hits / queries > 0.8
 
 
+async def test_next_turn_hits_the_blocks_its_previous_answer_filled(client):
+    config = SimulatedServerConfig(time_scale=1000.0, output_lengths=OutputLengths("fixed", 100))
+    first = "Explain, step by step, whether the path returns to the start. " * 8
+    second_turn = "<|im_end|>\n<|im_start|>user\nSo the answer is?<|im_end|>\n"
+    async with SimulatedServer(config) as server:
+        url = f"{server.url}/v1/completions"
+        _, body = await post(client, url, {"prompt": first, "max_tokens": 256})
+        answer = body["choices"][0]["text"]
+        before = metric_total(await metrics(client, server.url), "vllm:prefix_cache_hits_total")
+        second = f"{first}{answer}{second_turn}"
+        await post(client, url, {"prompt": second, "max_tokens": 8})
+        after = metric_total(await metrics(client, server.url), "vllm:prefix_cache_hits_total")
+    expected = workload_from_prompts(config, [first, second], [1, 1], [answer, ""])
+    assert after - before == expected[1][2]
+    # Cached well past the first prompt: every full block of prompt + answer but the last token.
+    block = config.block_size
+    assert count_tokens(answer) >= 90
+    assert after - before == (count_tokens(first + answer) - 1) // block * block
+
+
 async def test_embeddings_are_deterministic_unit_vectors_that_track_overlap(server, client):
     texts = [
         "Let's think step by step about the answer.",

@@ -138,6 +138,20 @@ def test_workload_from_prompts_counts_shared_prefix_blocks():
     assert items == [(170, 5, 0), (170, 5, 160)]
 
 
+def test_a_next_turn_finds_the_previous_answer_cached_when_answers_are_given():
+    config = SimulatedServerConfig()
+    first = "q" * 64 * 4  # four full blocks
+    answer = "a" * 64 * 6  # six blocks of generated tokens
+    second = f"{first}{answer}<|im_end|>\nnext question"
+    without = workload_from_prompts(config, [first, second], [96, 1])
+    with_answers = workload_from_prompts(config, [first, second], [96, 1], [answer, "x"])
+    assert without[1][2] == 4 * 16  # only the first prompt's blocks
+    # The answer's last token is never fed through the model, so its last block is not full.
+    assert with_answers[1][2] == (4 + 5) * 16
+    with pytest.raises(ConfigError, match="output texts"):
+        workload_from_prompts(config, [first], [1], ["a", "b"])
+
+
 async def test_saturated_live_server_reaches_its_computed_limit():
     rng = random.Random(5)
     prompts = [f"{i:06d} " + "w" * (4 * rng.randint(100, 400) - 7) for i in range(1000)]

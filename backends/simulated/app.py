@@ -48,7 +48,7 @@ from backends.simulated.openai_schema import (
 from backends.simulated.prefix_cache import PrefixCache
 from backends.simulated.rate_limits import RateDecision, RateLimiter
 from backends.simulated.step_loop import StepLoop
-from backends.simulated.tokens import count_tokens, prefix_block_hashes
+from backends.simulated.tokens import count_tokens, generated_block_hashes, prefix_block_hashes
 
 logger = logging.getLogger(__name__)
 
@@ -383,8 +383,19 @@ class SimulatedApp:
         for prompt, tokens in zip(generation.prompts, generation.prompt_tokens, strict=True):
             keys = prefix_block_hashes(prompt, block_size) if caching else ()
             for _ in range(generation.n):
-                output_tokens = max(1, outputs[position].completion_tokens)
-                sequences.append(SequenceWork(tokens, output_tokens, keys, owner=ticket))
+                output = outputs[position]
+                generated = (
+                    generated_block_hashes(prompt, output.text, block_size, keys) if caching else ()
+                )
+                sequences.append(
+                    SequenceWork(
+                        tokens,
+                        max(1, output.completion_tokens),
+                        keys,
+                        owner=ticket,
+                        generated_block_keys=generated,
+                    )
+                )
                 position += 1
         self._tickets.add(ticket)
         step_loop.submit(sequences)

@@ -46,14 +46,16 @@ class SequenceWork:
     """One sequence to generate: a prompt and the number of tokens its answer will have.
 
     `cached_tokens` is either given (offline workloads) or looked up in the prefix cache with
-    `block_keys` at admission. `owner` is whatever the caller wants back when it finishes.
-    The remaining fields are the batcher's bookkeeping.
+    `block_keys` at admission; `generated_block_keys` (blocks filled by the answer) enter the
+    prefix cache when the sequence finishes. `owner` is whatever the caller wants back when it
+    finishes. The remaining fields are the batcher's bookkeeping.
     """
 
     prompt_tokens: int
     output_tokens: int
     block_keys: tuple[int, ...] = ()
     cached_tokens: int | None = None
+    generated_block_keys: tuple[int, ...] = ()
     owner: Any = None
     state: int = WAITING
     prefill_remaining: int = 0
@@ -248,4 +250,6 @@ class ContinuousBatcher:
     def _finish(self, seq: SequenceWork, finished: list[SequenceWork]) -> None:
         seq.state = FINISHED
         self.kv_blocks_used -= seq.kv_blocks
+        if self.prefix_cache is not None and seq.generated_block_keys:
+            self.prefix_cache.insert(seq.generated_block_keys)
         finished.append(seq)

@@ -19,7 +19,7 @@ from backends.errors import ConfigError
 from backends.simulated.batching import ContinuousBatcher, SequenceWork
 from backends.simulated.config import SimulatedServerConfig
 from backends.simulated.prefix_cache import PrefixCache
-from backends.simulated.tokens import count_tokens, prefix_block_hashes
+from backends.simulated.tokens import count_tokens, generated_block_hashes, prefix_block_hashes
 
 WorkloadItem = tuple[int, int] | tuple[int, int, int]
 
@@ -94,12 +94,22 @@ def theoretical_throughput(
 
 
 def workload_from_prompts(
-    config: SimulatedServerConfig, prompts: Sequence[str], output_tokens: Sequence[int]
+    config: SimulatedServerConfig,
+    prompts: Sequence[str],
+    output_tokens: Sequence[int],
+    outputs: Sequence[str] | None = None,
 ) -> list[tuple[int, int, int]]:
-    """Workload items for prompt texts sent in this order, with their prefix-cache hits."""
-    if len(prompts) != len(output_tokens):
+    """Workload items for prompt texts sent in this order, with their prefix-cache hits.
+
+    With `outputs` (the answers' texts), each answer's decoded blocks enter the cache after its
+    prompt, as they do on the live server when the sequence finishes, so a later prompt that
+    repeats a prompt and its answer (a chat's next turn) hits them.
+    """
+    if len(prompts) != len(output_tokens) or (outputs is not None and len(outputs) != len(prompts)):
         raise ConfigError(
-            f"{len(prompts)} prompts but {len(output_tokens)} output lengths; they must match"
+            f"{len(prompts)} prompts but {len(output_tokens)} output lengths"
+            + ("" if outputs is None else f" and {len(outputs)} output texts")
+            + "; they must match"
         )
     cache = (
         PrefixCache(config.kv_cache_blocks, config.block_size)
@@ -107,10 +117,15 @@ def workload_from_prompts(
         else None
     )
     items = []
-    for prompt, output in zip(prompts, output_tokens, strict=True):
+    for position, (prompt, output) in enumerate(zip(prompts, output_tokens, strict=True)):
         tokens = count_tokens(prompt)
         cached = 0
         if cache is not None:
-            cached = cache.admit(prefix_block_hashes(prompt, config.block_size), tokens)
+            keys = prefix_block_hashes(prompt, config.block_size)
+            cached = cache.admit(keys, tokens)
+            if outputs is not None:
+                cache.insert(
+                    generated_block_hashes(prompt, outputs[position], config.block_size, keys)
+                )
         items.append((tokens, output, cached))
     return items

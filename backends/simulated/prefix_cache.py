@@ -6,6 +6,10 @@ tokens skip prefill. All of the prompt's full blocks are then (re)inserted as mo
 evicting the least recently used blocks beyond `capacity_blocks`. vLLM always recomputes the last
 prompt token (it needs its logits), so at most `prompt_tokens - 1` tokens are reported cached.
 
+Blocks filled by generated tokens are inserted too (`insert`, when the sequence finishes), as
+vLLM's v1 KV-cache manager caches every block that becomes full while decoding: a chat's next turn,
+which repeats the previous prompt and answer, then finds both cached.
+
 Simplification: blocks are inserted when the sequence is admitted, not when its prefill finishes,
 so a second copy of a prompt admitted in the same step already hits (vLLM's v1 scheduler behaves
 the same way for blocks allocated earlier in the step).
@@ -56,6 +60,17 @@ class PrefixCache:
         self.query_tokens += prompt_tokens
         self.hit_tokens += cached
         return cached
+
+    def insert(self, block_keys: Sequence[int]) -> None:
+        """Cache blocks computed while decoding (most recently used; no lookup is counted)."""
+        blocks = self._blocks
+        for key in block_keys:
+            if key in blocks:
+                blocks.move_to_end(key)
+            else:
+                blocks[key] = None
+        while len(blocks) > self.capacity_blocks:
+            blocks.popitem(last=False)
 
     def clear(self) -> None:
         """Forget every block (a server restart); the counters are kept."""

@@ -40,3 +40,17 @@ def prefix_block_hashes(text: str, block_size: int) -> tuple[int, ...]:
         key = hash((key, data[start : start + step]))
         keys.append(key)
     return tuple(keys)
+
+
+def generated_block_hashes(
+    prompt: str, output: str, block_size: int, prompt_keys: tuple[int, ...]
+) -> tuple[int, ...]:
+    """Keys of the full blocks a finished sequence adds beyond its prompt's own full blocks.
+
+    vLLM caches every block that fills during decoding too, so a later prompt that repeats this
+    prompt and this answer (a chat's next turn) finds them cached. The last generated token is
+    sampled but never fed through the model, so its KV does not exist and it is left out.
+    """
+    computed = prompt + truncate_to_tokens(output, max(0, count_tokens(output) - 1))
+    keys = prefix_block_hashes(computed, block_size)
+    return keys[len(prompt_keys) :]
