@@ -9,26 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
-from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.gpo_process import run_gpo
 
 pytestmark = pytest.mark.realmodel
 
 
 def gpo(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gpo", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return run_gpo(*args, timeout=900)
 
 
 async def usage_from_server(

@@ -4,7 +4,6 @@ a user can make."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,68 +15,28 @@ from typing import Any
 import orjson
 import pytest
 
-from backends.simulated.config import SimulatedServerConfig
-from backends.simulated.process import start_server_process
-from benchmarks import load_task
-from tests.gpo_fakes import DATA_DIR
+from tests.gpo_process import REPO, answered_server, gpo_environment, optimize_args, run_gpo
 
-REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-key-that-must-not-be-stored"
-TASK = "bbh/navigate"
 
 
 @pytest.fixture(scope="module")
 def server_url() -> Iterator[str]:
     """A simulated server slow enough (4x real time) that a run can be killed mid-step."""
-    task = load_task(TASK, DATA_DIR)
-    key = {s.input: s.target for split in ("train", "eval", "test") for s in task.split(split)}
-    with start_server_process(SimulatedServerConfig(time_scale=4.0), answer_key=key) as server:
+    with answered_server(4.0) as server:
         yield f"{server.url}/v1"
 
 
 def small_run(url: str, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "optimize",
-        "--task",
-        TASK,
-        "--steps",
-        "2",
-        "--candidates",
-        "4",
-        "--train-size",
-        "16",
-        "--dev-size",
-        "8",
-        "--test-size",
-        "8",
-        "--scorer-url",
-        url,
-        "--optimizer-url",
-        url,
-        "--run-dir",
-        str(run_dir),
-        "--no-progress",
-        *extra,
-    ]
+    return optimize_args(url, run_dir, *extra, chat_template=None)
 
 
 def environment() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"GPO_DATA_DIR": str(DATA_DIR), "OPENAI_API_KEY": SECRET, "COLUMNS": "160"})
-    env.pop("OPENAI_BASE_URL", None)
-    return env
+    return gpo_environment({"OPENAI_API_KEY": SECRET})
 
 
 def gpo(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gpo", *args],
-        cwd=REPO,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_gpo(*args, env=environment(), timeout=timeout)
 
 
 def load(path: Path) -> Any:

@@ -4,36 +4,23 @@ disk, ledger totals, the task list, and the errors a user can make."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest
 
-from backends.simulated.config import SimulatedServerConfig
-from backends.simulated.process import start_server_process
-from benchmarks import list_task_names, load_task
-
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks import list_task_names
+from tests.gpo_process import answered_server, run_gpo
 
 
 @pytest.fixture(scope="module")
 def server_url() -> Iterator[str]:
-    task = load_task("bbh/navigate")
-    key = {s.input: s.target for split in ("eval", "test") for s in task.split(split)}
-    with start_server_process(SimulatedServerConfig(time_scale=50.0), answer_key=key) as server:
+    with answered_server(50.0) as server:
         yield f"{server.url}/v1"
 
 
 def gpo(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gpo", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_gpo(*args, timeout=300)
 
 
 def two_prompt_eval(server_url: str) -> tuple[str, ...]:

@@ -33,61 +33,23 @@ from backends.simulated import (
     metric_total,
     start_server_process,
 )
-from benchmarks import load_task
 from engine.cache import ResponseCache
 from tests.gpo_fakes import DATA_DIR
-
-REPO = Path(__file__).resolve().parents[1]
-TASK = "bbh/navigate"
-
-
-def answer_key() -> dict[str, str]:
-    task = load_task(TASK, DATA_DIR)
-    return {s.input: s.target for split in ("train", "eval", "test") for s in task.split(split)}
+from tests.gpo_process import (
+    REPO,
+    TASK,
+    answer_key,
+    answered_server,
+    eval_args,
+    gpo_environment,
+    run_gpo,
+)
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[SimulatedServerProcess]:
-    with start_server_process(SimulatedServerConfig(time_scale=50.0), answer_key=answer_key()) as s:
-        yield s
-
-
-def environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_BASE_URL"}
-    env.update({"GPO_DATA_DIR": str(DATA_DIR), "COLUMNS": "200"})
-    return env
-
-
-def run_gpo(
-    *args: str, preexec: Callable[[], None] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gpo", *args],
-        cwd=REPO,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        preexec_fn=preexec,
-        check=False,
-    )
-
-
-def eval_args(url: str, out: Path, *extra: str) -> list[str]:
-    return [
-        "eval",
-        "--task",
-        TASK,
-        "--limit",
-        "8",
-        "--scorer-url",
-        f"{url}/v1",
-        "--scorer-chat-template",
-        "chatml",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    with answered_server(50.0) as running:
+        yield running
 
 
 def assert_clean_error(done: subprocess.CompletedProcess[str], *expected: str) -> None:
@@ -361,7 +323,7 @@ def test_a_server_that_dies_mid_run_stops_the_run_and_keeps_its_answers(tmp_path
         process = subprocess.Popen(
             [sys.executable, "-m", "gpo", *arguments],
             cwd=REPO,
-            env=environment(),
+            env=gpo_environment(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

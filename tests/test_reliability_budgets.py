@@ -5,10 +5,7 @@ uninterrupted run does, without paying again for what it had."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,26 +13,16 @@ from typing import Any
 import orjson
 import pytest
 
-from backends.simulated import (
-    SimulatedServerConfig,
-    SimulatedServerProcess,
-    metric_total,
-    start_server_process,
-)
-from benchmarks import load_task
-from tests.gpo_fakes import DATA_DIR
+from backends.simulated import SimulatedServerProcess, metric_total
+from tests.gpo_process import TASK, answered_server, optimize_args, run_gpo
 
-REPO = Path(__file__).resolve().parents[1]
-TASK = "bbh/navigate"
 MODEL = "simulated-llama-2-7b-chat"
 PRICE_IN, PRICE_OUT = 10.0, 30.0  # dollars per million tokens
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[SimulatedServerProcess]:
-    task = load_task(TASK, DATA_DIR)
-    key = {s.input: s.target for split in ("train", "eval", "test") for s in task.split(split)}
-    with start_server_process(SimulatedServerConfig(time_scale=20.0), answer_key=key) as handle:
+    with answered_server(20.0) as handle:
         yield handle
 
 
@@ -46,20 +33,6 @@ def prices(tmp_path_factory) -> Path:
         orjson.dumps({MODEL: {"input_per_mtok": PRICE_IN, "output_per_mtok": PRICE_OUT}})
     )
     return path
-
-
-def gpo(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_BASE_URL"}
-    env.update({"GPO_DATA_DIR": str(DATA_DIR), "COLUMNS": "200"})
-    return subprocess.run(
-        [sys.executable, "-m", "gpo", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def served_tokens(server: SimulatedServerProcess) -> tuple[float, float]:
@@ -97,7 +70,7 @@ def test_an_evaluation_stops_at_its_budget_and_counts_every_answer(
     out = tmp_path / "out"
     cap = ["--budget-tokens", "30000"] if budget == "tokens" else ["--budget-usd", "0.5"]
     before = served_tokens(server)
-    done = gpo(*eval_args(server.url, out, "--prices", str(prices), *cap))
+    done = run_gpo(*eval_args(server.url, out, "--prices", str(prices), *cap))
     after = served_tokens(server)
     assert done.returncode == 3, done.stderr  # stopped by its budget, as `gpo optimize` says
     assert "stopped" in done.stdout and "budget" in done.stdout
@@ -120,34 +93,6 @@ def test_an_evaluation_stops_at_its_budget_and_counts_every_answer(
     assert all(r["failure"] is None or "budget" in r["failure"] for r in records)
 
 
-def optimize_args(url: str, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "optimize",
-        "--task",
-        TASK,
-        "--steps",
-        "3",
-        "--candidates",
-        "4",
-        "--train-size",
-        "16",
-        "--dev-size",
-        "8",
-        "--test-size",
-        "8",
-        "--scorer-url",
-        url,
-        "--scorer-chat-template",
-        "chatml",
-        "--optimizer-url",
-        url,
-        "--run-dir",
-        str(run_dir),
-        "--no-progress",
-        *extra,
-    ]
-
-
 def outcome(run_dir: Path) -> dict[str, Any]:
     (task,) = orjson.loads((run_dir / "summary.json").read_bytes())["tasks"]
     return {key: task[key] for key in ("trajectory", "final_prompt", "final_dev", "final_test")}
@@ -158,14 +103,16 @@ def test_an_optimisation_stops_at_its_dollar_cap_and_resumes_to_the_same_result(
 ) -> None:
     url = f"{server.url}/v1"
     whole = tmp_path / "whole"
-    uninterrupted = gpo(*optimize_args(url, whole, "--prices", str(prices)))
+    uninterrupted = run_gpo(*optimize_args(url, whole, "--prices", str(prices), steps=3))
     assert uninterrupted.returncode == 0, uninterrupted.stderr
     full_cost = orjson.loads((whole / "summary.json").read_bytes())["cost_usd"]
     cap = round(full_cost / 2, 4)
 
     run_dir = tmp_path / "capped"
     before = served_tokens(server)
-    stopped = gpo(*optimize_args(url, run_dir, "--prices", str(prices), "--budget-usd", str(cap)))
+    stopped = run_gpo(
+        *optimize_args(url, run_dir, "--prices", str(prices), "--budget-usd", str(cap), steps=3)
+    )
     after = served_tokens(server)
     assert stopped.returncode == 3, stopped.stderr
     assert "ran out of budget" in stopped.stdout and "--resume" in stopped.stdout
@@ -180,7 +127,7 @@ def test_an_optimisation_stops_at_its_dollar_cap_and_resumes_to_the_same_result(
     assert kept == ledger["requests"]
 
     before = served_tokens(server)
-    resumed = gpo("optimize", "--resume", str(run_dir), "--budget-usd", "100", "--no-progress")
+    resumed = run_gpo("optimize", "--resume", str(run_dir), "--budget-usd", "100", "--no-progress")
     after = served_tokens(server)
     assert resumed.returncode == 0, resumed.stderr
     assert outcome(run_dir) == outcome(whole)

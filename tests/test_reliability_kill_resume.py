@@ -9,7 +9,6 @@ sequence would be an answered request paid for twice."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import sqlite3
@@ -24,72 +23,17 @@ from typing import Any
 import orjson
 import pytest
 
-from backends.simulated import (
-    SimulatedServerConfig,
-    SimulatedServerProcess,
-    metric_total,
-    start_server_process,
-)
-from benchmarks import load_task
-from tests.gpo_fakes import DATA_DIR
+from backends.simulated import SimulatedServerProcess, metric_total
+from tests.gpo_process import REPO, answered_server, gpo_environment, optimize_args, run_gpo
 
-REPO = Path(__file__).resolve().parents[1]
-TASK = "bbh/navigate"
 TRIALS = 20
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[SimulatedServerProcess]:
-    task = load_task(TASK, DATA_DIR)
-    key = {s.input: s.target for split in ("train", "eval", "test") for s in task.split(split)}
     # 10x real time: a run lasts about two seconds, long enough to be killed anywhere in it.
-    with start_server_process(SimulatedServerConfig(time_scale=10.0), answer_key=key) as handle:
+    with answered_server(10.0) as handle:
         yield handle
-
-
-def optimize_args(url: str, run_dir: Path) -> list[str]:
-    return [
-        "optimize",
-        "--task",
-        TASK,
-        "--steps",
-        "2",
-        "--candidates",
-        "4",
-        "--train-size",
-        "16",
-        "--dev-size",
-        "8",
-        "--test-size",
-        "8",
-        "--scorer-url",
-        url,
-        "--scorer-chat-template",
-        "chatml",
-        "--optimizer-url",
-        url,
-        "--run-dir",
-        str(run_dir),
-        "--no-progress",
-    ]
-
-
-def environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_BASE_URL"}
-    env.update({"GPO_DATA_DIR": str(DATA_DIR), "COLUMNS": "160"})
-    return env
-
-
-def gpo(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gpo", *args],
-        cwd=REPO,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def outcome(run_dir: Path) -> dict[str, Any]:
@@ -143,7 +87,7 @@ def kill_at(url: str, run_dir: Path, delay_s: float) -> bool:
     process = subprocess.Popen(
         [sys.executable, "-m", "gpo", *optimize_args(url, run_dir)],
         cwd=REPO,
-        env=environment(),
+        env=gpo_environment(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -166,7 +110,7 @@ def kill_at(url: str, run_dir: Path, delay_s: float) -> bool:
 def uninterrupted(server, tmp_path_factory) -> tuple[dict[str, Any], float]:
     run_dir = tmp_path_factory.mktemp("whole") / "run"
     started = time.monotonic()
-    done = gpo(*optimize_args(f"{server.url}/v1", run_dir))
+    done = run_gpo(*optimize_args(f"{server.url}/v1", run_dir))
     assert done.returncode == 0, done.stderr
     return outcome(run_dir), time.monotonic() - started
 
@@ -190,7 +134,7 @@ def test_twenty_kills_at_random_moments_resume_to_the_same_result(
         before_kill = cached_sequences(run_dir / "cache.sqlite")
         served_before = served(server)
 
-        resumed = gpo("optimize", "--resume", str(run_dir), "--no-progress")
+        resumed = run_gpo("optimize", "--resume", str(run_dir), "--no-progress")
         assert resumed.returncode == 0, (index, delay, resumed.stderr)
         after = cached_sequences(run_dir / "cache.sqlite")
         added = {key: n for key, n in after.items() if key not in before_kill}

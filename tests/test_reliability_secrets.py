@@ -9,10 +9,8 @@ its error bodies."""
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,47 +23,31 @@ from backends.simulated import (
     SimulatedServer,
     SimulatedServerConfig,
     SimulatedServerProcess,
-    start_server_process,
 )
-from benchmarks import load_task
-from tests.gpo_fakes import DATA_DIR
+from tests.gpo_process import TASK, answered_server, gpo_environment
+from tests.gpo_process import eval_args as shared_eval_args
+from tests.gpo_process import run_gpo as gpo_subprocess
 
-REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-fake-4f9c2b7e1d-DO-NOT-LEAK-0123456789abcdef"
 OTHER_SECRET = "sk-fake-optimizer-key-5e6d7c8b9a-NEVER-LOG"
-TASK = "bbh/navigate"
 KEY_ENV = "GPO_TEST_SCORER_KEY"
 
 
 @pytest.fixture(scope="module")
 def api_server() -> Iterator[SimulatedServerProcess]:
-    task = load_task(TASK, DATA_DIR)
-    key = {s.input: s.target for split in ("train", "eval", "test") for s in task.split(split)}
     # Some 5xx answers, so that retries (and their DEBUG logs, with the error text) happen.
-    config = SimulatedServerConfig(
-        time_scale=50.0,
+    with answered_server(
+        50.0,
         api_key=SECRET,
         rate_limits=RateLimits(requests_per_minute=100_000, tokens_per_minute=50_000_000),
         faults=FaultRates(server_error=0.3, seed=1),
-    )
-    with start_server_process(config, answer_key=key) as server:
+    ) as server:
         yield server
 
 
 def run_gpo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if "API_KEY" not in k}
-    environment.pop("OPENAI_BASE_URL", None)
-    environment.update({"GPO_DATA_DIR": str(DATA_DIR), "COLUMNS": "160"})
-    environment.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "gpo", "--log-level", "DEBUG", *args],
-        cwd=REPO,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    """`gpo` at DEBUG (the most a log ever says), no API key inherited, `env` added."""
+    return gpo_subprocess("--log-level", "DEBUG", *args, env=gpo_environment(env))
 
 
 def leaks(
@@ -85,20 +67,7 @@ def leaks(
 
 
 def eval_args(url: str, out: Path, *extra: str) -> list[str]:
-    return [
-        "eval",
-        "--task",
-        TASK,
-        "--limit",
-        "6",
-        "--scorer-url",
-        f"{url}/v1",
-        "--scorer-chat-template",
-        "chatml",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    return shared_eval_args(url, out, *extra, limit=6)
 
 
 def test_eval_with_the_key_in_the_environment_leaks_it_nowhere(api_server, tmp_path) -> None:

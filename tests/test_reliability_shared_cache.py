@@ -23,12 +23,12 @@ import orjson
 import pytest
 
 from backends.protocol import Completion
-from backends.simulated import SimulatedServerConfig, metric_total, start_server_process
+from backends.simulated import metric_total
 from benchmarks import load_task
 from engine.cache import ResponseCache
 from tests.gpo_fakes import DATA_DIR
+from tests.gpo_process import REPO, TASK, answered_server, gpo_environment
 
-REPO = Path(__file__).resolve().parents[1]
 KEYS = [f"key-{i:04d}".encode() for i in range(600)]
 
 
@@ -191,7 +191,6 @@ def test_opening_one_new_file_from_many_processes_at_once(tmp_path: Path) -> Non
 
 # -- end to end: four `gpo eval` processes on one cache file -------------------------------------
 
-TASK = "bbh/navigate"
 SHARED_PROMPTS = ("Let's think step by step.", "Check each move carefully, then answer.")
 
 
@@ -200,12 +199,10 @@ def gpo_eval(url: str, cache: Path, out: Path, own_prompt: str) -> subprocess.Po
     for prompt in (*SHARED_PROMPTS, own_prompt):
         arguments += ["--prompt", prompt]
     arguments += ["--scorer-url", url, "--scorer-chat-template", "chatml", "--out", str(out)]
-    env = {**os.environ, "GPO_DATA_DIR": str(DATA_DIR), "COLUMNS": "160"}
-    env.pop("OPENAI_BASE_URL", None)
     return subprocess.Popen(
         [sys.executable, "-m", "gpo", *arguments],
         cwd=REPO,
-        env=env,
+        env=gpo_environment(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -220,10 +217,9 @@ def scores(out: Path) -> dict[str, float]:
 @pytest.mark.slow
 def test_four_gpo_eval_processes_share_one_cache_and_pay_once(tmp_path: Path) -> None:
     task = load_task(TASK, DATA_DIR)
-    key = {s.input: s.target for s in task.split("eval")}
     cache = tmp_path / "shared.sqlite"
     # Slow enough (4x real time) that the four runs overlap for seconds.
-    with start_server_process(SimulatedServerConfig(time_scale=4.0), answer_key=key) as server:
+    with answered_server(4.0) as server:
         url = f"{server.url}/v1"
         outs = [tmp_path / f"run-{i}" for i in range(4)]
         processes = [
