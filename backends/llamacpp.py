@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 
 from backends.errors import ConfigError
-from backends.managed_process import ManagedServer, StartStopContext
+from backends.managed_process import ManagedServer, ManagedServerFront
 from backends.protocol import Capabilities
 
 logger = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def probe_llama_capabilities(base_url: str, model: str, timeout_s: float = 60.0)
     return capabilities
 
 
-class EmbeddedModelServer(StartStopContext):
+class EmbeddedModelServer(ManagedServerFront):
     """The embedded model on a free loopback port, for the length of a `with` block.
 
     `url` is the OpenAI base URL (ending in `/v1`) to give a client; `model_name` the name to
@@ -219,15 +219,6 @@ class EmbeddedModelServer(StartStopContext):
         return build_llama_server_command(self._config, port, self._model_path)
 
     @property
-    def url(self) -> str:
-        """The OpenAI-compatible base URL, `http://127.0.0.1:PORT/v1`."""
-        return f"{self._server.root_url}/v1"
-
-    @property
-    def root_url(self) -> str:
-        return self._server.root_url
-
-    @property
     def model_name(self) -> str:
         return self._config.model_name
 
@@ -238,11 +229,6 @@ class EmbeddedModelServer(StartStopContext):
     @property
     def model_path(self) -> Path | None:
         return self._model_path
-
-    @property
-    def process(self) -> ManagedServer:
-        """The managed subprocess: pid, log path, log tail, whether it still runs."""
-        return self._server
 
     async def start(self) -> None:
         self._check_installed()
@@ -256,9 +242,6 @@ class EmbeddedModelServer(StartStopContext):
                 await self._server.stop()
                 raise
 
-    async def stop(self) -> None:
-        await self._server.stop()
-
     def start_sync(self) -> None:
         self._check_installed()
         self._server.start_sync()
@@ -268,6 +251,3 @@ class EmbeddedModelServer(StartStopContext):
             except BaseException:
                 self._server.stop_sync()
                 raise
-
-    def stop_sync(self) -> None:
-        self._server.stop_sync()

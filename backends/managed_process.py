@@ -182,6 +182,34 @@ class StartStopContext:
         self.stop_sync()
 
 
+class ManagedServerFront(StartStopContext):
+    """A model server built around one `ManagedServer` subprocess (`self._server`): its URLs, its
+    process, and stopping it. Subclasses start it (after their own checks) in `start` and
+    `start_sync`."""
+
+    _server: ManagedServer
+
+    @property
+    def url(self) -> str:
+        """The OpenAI-compatible base URL, `http://127.0.0.1:PORT/v1`."""
+        return f"{self._server.root_url}/v1"
+
+    @property
+    def root_url(self) -> str:
+        return self._server.root_url
+
+    @property
+    def process(self) -> ManagedServer:
+        """The managed subprocess: pid, log path, log tail, whether it still runs."""
+        return self._server
+
+    async def stop(self) -> None:
+        await self._server.stop()
+
+    def stop_sync(self) -> None:
+        self._server.stop_sync()
+
+
 class ManagedServer(StartStopContext):
     """One server subprocess bound to 127.0.0.1; usable as a sync or an async context manager.
 

@@ -25,7 +25,7 @@ from backends.errors import ConfigError, MalformedResponse
 from backends.managed_process import (
     LOOPBACK_HOST,
     ManagedServer,
-    StartStopContext,
+    ManagedServerFront,
     http_get_json,
     option_value,
     remove_options,
@@ -166,7 +166,7 @@ def _first_gpu(gpus: Sequence[GpuInfo], selection: str | None) -> GpuInfo | None
     return gpus[index] if index < len(gpus) else gpus[0]
 
 
-class ManagedVllmServer(StartStopContext):
+class ManagedVllmServer(ManagedServerFront):
     """`vllm serve` for the length of a `with` block (async or sync).
 
     `config` is a `VllmServeConfig`, or just the model name with `extra_args` for vLLM.
@@ -218,14 +218,6 @@ class ManagedVllmServer(StartStopContext):
         )
 
     @property
-    def url(self) -> str:
-        return f"{self._server.root_url}/v1"
-
-    @property
-    def root_url(self) -> str:
-        return self._server.root_url
-
-    @property
     def model_name(self) -> str:
         return self._model_name
 
@@ -251,10 +243,6 @@ class ManagedVllmServer(StartStopContext):
             completions=True,
             max_concurrency=self._max_num_seqs or None,
         )
-
-    @property
-    def process(self) -> ManagedServer:
-        return self._server
 
     def _prepare(self) -> None:
         self._executable = find_vllm_executable(self._config.executable)
@@ -296,9 +284,6 @@ class ManagedVllmServer(StartStopContext):
             await self._server.stop()
             raise
 
-    async def stop(self) -> None:
-        await self._server.stop()
-
     def start_sync(self) -> None:
         self._prepare()
         self._server.start_sync()
@@ -307,6 +292,3 @@ class ManagedVllmServer(StartStopContext):
         except BaseException:
             self._server.stop_sync()
             raise
-
-    def stop_sync(self) -> None:
-        self._server.stop_sync()

@@ -49,13 +49,7 @@ class PrefixCache:
             if key not in blocks:
                 break
             hits += 1
-        for key in block_keys:
-            if key in blocks:
-                blocks.move_to_end(key)
-            else:
-                blocks[key] = None
-        while len(blocks) > self.capacity_blocks:
-            blocks.popitem(last=False)
+        self.insert(block_keys)
         cached = min(hits * self.block_size, max(prompt_tokens - 1, 0))
         self.query_tokens += prompt_tokens
         self.hit_tokens += cached
