@@ -2340,6 +2340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{60 * API_BURST_FRACTION:g} simulated s (the limits as the server enforces them); "
         "the cookbook is given the per-minute figures, which is all it takes",
         "client CPU": "worker's process_time (all threads); the server is another process",
+        "W5/W6 warm-up": f"each worker first scores up to {WARM_UP_SCORED_PROMPTS:,} chains of "
+        "other prompts, unmeasured (a warm process's per-prompt cost, not its start-up)",
     }
     print("bench.py parameters:")
     for name, value in parameters.items():
