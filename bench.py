@@ -154,7 +154,7 @@ SCALES: dict[str, Scale] = {
         "full", 8, 48, 18, 144, (1_000, 10_000, 100_000), 20_000, 4.0, 10.0, 30.0, 5.0, 4_000, 3
     ),
     "quick": Scale(
-        "quick", 8, 16, 3, 24, (1_000, 4_000, 16_000), 4_000, 10.0, 20.0, 2.0, 0.5, 500, 1
+        "quick", 8, 16, 3, 24, (1_000, 4_000, 16_000), 4_000, 10.0, 20.0, 2.0, 0.3, 500, 1
     ),
     "smoke": Scale("smoke", 2, 4, 2, 4, (80, 160, 320), 160, 50.0, 50.0, 0.5, 0.3, 100, 1, True),
 }
@@ -1440,10 +1440,11 @@ def measure(spec: RunSpec, task: Task | None = None) -> RunResult:
     if spec.warm_up_first:
         launch(context(float("inf")))
     if spec.warm_up_process:
+        # Bounded by the run budget like the measured run, so slow patterns warm up briefly.
         warm_rounds = warm_up_rounds(workload, task)
         launch(
             dataclasses.replace(
-                context(float("inf")),
+                context(spec.budget_s),
                 rounds=warm_rounds,
                 transcript=Transcript(sum(plan.chains for plan in warm_rounds)),
             )
