@@ -687,7 +687,7 @@ async def _engine_rounds(ctx: RunContext) -> None:
     from backends.protocol import Capabilities
     from engine.cache import ResponseCache
     from engine.engine import Engine, EngineConfig
-    from engine.evaluator import Evaluator, EvaluatorSettings
+    from engine.evaluator import Evaluator, EvaluatorSettings, SampleRecord
     from gpo.task_view import TaskView
 
     endpoint = ctx.endpoint
@@ -724,9 +724,9 @@ async def _engine_rounds(ctx: RunContext) -> None:
                     samples = groups[0].samples
                     view = TaskView(ctx.task, {split: samples})
                     prompts = [group.prompt for group in groups]
-                    result = await evaluator.evaluate(view, prompts, split)
                     position = {sample.id: i for i, sample in enumerate(samples)}
-                    for record in result.records:
+
+                    def transcribe(record: SampleRecord) -> None:
                         group = groups[record.prompt_index]
                         chain = group.chains[position[record.sample_id]][0]
                         if record.failure is None:
@@ -734,6 +734,12 @@ async def _engine_rounds(ctx: RunContext) -> None:
                         else:
                             ctx.transcript.fail(chain)
                         ctx.chains_done += 1
+
+                    # Records go straight into the transcript, as every contender's answers do,
+                    # rather than being held twice.
+                    await evaluator.evaluate(
+                        view, prompts, split, on_record=transcribe, keep_records=False
+                    )
 
                 await asyncio.gather(*(evaluate(batch, plan.split) for batch in batches))
     finally:

@@ -168,8 +168,14 @@ class Evaluator:
         *,
         limit: int | None = None,
         on_record: Callable[[SampleRecord], None] | None = None,
+        keep_records: bool = True,
     ) -> EvaluationResult:
-        """Score every prompt on every sample of `split` (the first `limit` samples if given)."""
+        """Score every prompt on every sample of `split` (the first `limit` samples if given).
+
+        Each record goes to `on_record` as its chain ends. With `keep_records=False` the result
+        holds only the scores matrix, not the records, so memory stays flat however many chains
+        run (a caller that streams records to disk does not need them twice).
+        """
         samples = task.split(split)
         if limit is not None:
             samples = samples[:limit]
@@ -194,7 +200,8 @@ class Evaluator:
                 )
                 if record.failure is None:
                     scores[prompt_index, sample_index] = record.score
-                result.records.append(record)
+                if keep_records:
+                    result.records.append(record)
                 if on_record is not None:
                     on_record(record)
 

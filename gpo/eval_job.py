@@ -89,6 +89,7 @@ async def run_eval_job(
                     split,
                     limit=job.limit,
                     on_record=record_written,
+                    keep_records=False,  # they are in records.jsonl; the summary needs scores
                 )
                 records_file.flush()
                 return result

@@ -7,17 +7,20 @@ allocations are traced, with tracemalloc). At 1,000,000 cheap requests `generate
 303 MB traced, of which 300 MB are the results it returns and 3 MB everything else, the same
 3 MB as at 100,000 requests (a list of 1,000,000 prebuilt requests adds its own 143 MB). The
 test runs 5,000 and 40,000 requests and checks that the overhead stays flat while the results
-grow eightfold."""
+grow eightfold. The evaluator can stream its records instead of keeping them (`keep_records=False`,
+as `gpo eval` does, since they are on disk): then only the scores matrix grows with the chains."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from backends.openai_client import OpenAICompatibleBackend
@@ -112,6 +115,42 @@ async def test_evaluator_runs_a_bounded_number_of_chains(server) -> None:
     assert result.failures == 0 and len(result.records) == result.scores.size == 40 * 144
     assert peaks.tasks <= 300 + WINDOW + 16
     assert peaks.queued <= 300
+
+
+async def test_evaluator_can_stream_records_and_keep_only_the_scores(server) -> None:
+    task = load_task("bbh/navigate", DATA_DIR)
+    streamed_ids: set[tuple[int, str]] = set()
+
+    def count(record) -> None:
+        streamed_ids.add((record.prompt_index, record.sample_id))
+
+    async def retained_by(prompt_count: int, **options: object) -> tuple[object, int]:
+        prompts = [f"Check each move, variant {i}." for i in range(prompt_count)]
+        async with make_engine(server.url, chat_template="chatml") as engine:
+            evaluator = Evaluator(engine)
+            await evaluator.evaluate(task, ["Warm up."], "test", limit=8)  # one-time allocations
+            tracemalloc.start()
+            try:
+                before = tracemalloc.get_traced_memory()[0]
+                result = await evaluator.evaluate(task, prompts, "test", **options)
+                gc.collect()  # finished chains' tasks and frames form cycles: count live memory
+                retained = tracemalloc.get_traced_memory()[0] - before
+            finally:
+                tracemalloc.stop()
+        return result, retained
+
+    streamed, streamed_small = await retained_by(10, on_record=count, keep_records=False)
+    kept, kept_small = await retained_by(10)
+    assert streamed.records == [] and len(kept.records) == 1440  # type: ignore[attr-defined]
+    assert len(streamed_ids) == 1440  # every record still reached on_record
+    assert np.array_equal(streamed.scores, kept.scores, equal_nan=True)  # type: ignore[attr-defined]
+    # Four times the chains: kept records grow with them, streamed ones leave only the scores
+    # matrix (8 bytes a chain) beside the engine's fixed, window-sized state.
+    _, streamed_large = await retained_by(40, keep_records=False)
+    _, kept_large = await retained_by(40)
+    records_bytes = kept_large - kept_small
+    assert records_bytes > 3 * 1440 * 300
+    assert streamed_large - streamed_small < records_bytes / 10
 
 
 async def traced_overhead(url: str, count: int) -> tuple[int, int]:
