@@ -331,19 +331,16 @@ def warm_up_rounds(workload: Workload, task: Task) -> list[RoundPlan]:
 
     W5 and W6 measure what a scored prompt costs the client in a long run, where the process
     has long been warm; a fresh worker's first evaluation also pays one-off costs (first calls
-    through every code path, the allocator's first arenas, the first connections), ~10 ms that
+    through every code path, the allocator's first arenas, the first connections), several ms that
     would be charged to the smallest W5 size alone. The warm-up uses the workload's own shape
     with other prompt texts, so no answer is reused; every contender gets the same warm-up.
     """
-    renamed = Workload(
-        f"{workload.key} warm-up",
-        workload.title,
-        workload.server,
-        tuple(
+    renamed = dataclasses.replace(
+        workload,
+        rounds=tuple(
             dataclasses.replace(r, prompts=tuple(f"{p} (warm-up)" for p in r.prompts))
             for r in workload.rounds
         ),
-        workload.description,
     )
     return plan_rounds(renamed, task, min(WARM_UP_SCORED_PROMPTS, workload.scored_prompts))
 

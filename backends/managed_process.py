@@ -153,9 +153,8 @@ def _die_with_parent_hook() -> Callable[[], None] | None:
     return hook
 
 
-class StartStopContext:
-    """`async with` and `with` for a server class that defines `start`/`stop` (async) and
-    `start_sync`/`stop_sync`."""
+class AsyncStartStopContext:
+    """`async with` for a server class that defines async `start` and `stop`."""
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -168,6 +167,11 @@ class StartStopContext:
         traceback: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+class StartStopContext(AsyncStartStopContext):
+    """`async with` and `with` for a server class that defines `start`/`stop` (async) and
+    `start_sync`/`stop_sync`."""
 
     def __enter__(self) -> Self:
         self.start_sync()

@@ -106,6 +106,7 @@ async def run_in_waves(
     """
     if count <= 0:
         return
+    wave = max(1, wave)
     loop = asyncio.get_running_loop()
     all_done: asyncio.Future[None] = loop.create_future()
     tasks: list[asyncio.Task[None]] = []
@@ -126,7 +127,7 @@ async def run_in_waves(
             all_done.set_result(None)
 
     try:
-        for started in range(0, count, max(1, wave)):
+        for started in range(0, count, wave):
             if first_error is not None:
                 break
             for _ in range(min(wave, count - started)):

@@ -6,7 +6,8 @@ answers. Shared by the end-to-end tests.
   holds it.
 - `gpo_environment` is what a run inherits: the shared data, a wide terminal (one-line errors),
   no `OPENAI_BASE_URL` from the developer's shell and, unless asked, no API keys either.
-- `run_gpo` runs `python -m gpo ...` in the repository and returns the finished process;
+- `run_gpo` runs `python -m gpo ...` in the repository and returns the finished process,
+  `start_gpo` starts it and returns at once (for runs a test kills or runs side by side);
   `optimize_args` is a small two-role optimisation against one server, `eval_args` a short
   evaluation of `TASK`.
 """
@@ -75,6 +76,21 @@ def run_gpo(
         timeout=timeout,
         preexec_fn=preexec,
         check=False,
+    )
+
+
+def start_gpo(
+    *args: str, env: Mapping[str, str] | None = None, capture: bool = True
+) -> subprocess.Popen[str]:
+    """`python -m gpo ARGS` started in the repository; output captured, or discarded."""
+    output = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen(
+        [sys.executable, "-m", "gpo", *args],
+        cwd=REPO,
+        env=dict(env) if env is not None else gpo_environment(),
+        stdout=output,
+        stderr=output,
+        text=True,
     )
 
 

@@ -38,6 +38,8 @@ async def test_every_worker_finishes_before_it_returns():
 
     await run_in_waves(worker, 37, wave=8)
     assert finished == 37
+    await run_in_waves(worker, 3, wave=0)  # a wave of 0 still starts one at a time
+    assert finished == 40
 
 
 async def test_first_error_cancels_the_rest_and_is_raised_once_all_ended():

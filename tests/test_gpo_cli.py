@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,13 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.gpo_process import REPO, answered_server, gpo_environment, optimize_args, run_gpo
+from tests.gpo_process import (
+    answered_server,
+    gpo_environment,
+    optimize_args,
+    run_gpo,
+    start_gpo,
+)
 
 SECRET = "sk-test-key-that-must-not-be-stored"
 
@@ -92,13 +97,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(
     server_url: str, uninterrupted: Path, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "killed"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gpo", *small_run(server_url, run_dir)],
-        cwd=REPO,
-        env=environment(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_gpo(*small_run(server_url, run_dir), env=environment(), capture=False)
     trajectory = run_dir / "tasks" / "bbh__navigate" / "trajectory.jsonl"
     deadline = time.monotonic() + 120
     try:

@@ -18,7 +18,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,13 +35,12 @@ from backends.simulated import (
 from engine.cache import ResponseCache
 from tests.gpo_fakes import DATA_DIR
 from tests.gpo_process import (
-    REPO,
     TASK,
     answer_key,
     answered_server,
     eval_args,
-    gpo_environment,
     run_gpo,
+    start_gpo,
 )
 
 
@@ -320,14 +318,7 @@ def test_a_server_that_dies_mid_run_stops_the_run_and_keeps_its_answers(tmp_path
     ]
     with start_server_process(slow, answer_key=key) as dying:
         arguments[arguments.index("URL")] = f"{dying.url}/v1"
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gpo", *arguments],
-            cwd=REPO,
-            env=gpo_environment(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        process = start_gpo(*arguments)
         records = out / "records.jsonl"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:

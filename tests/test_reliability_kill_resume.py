@@ -12,8 +12,6 @@ from __future__ import annotations
 import random
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +22,12 @@ import orjson
 import pytest
 
 from backends.simulated import SimulatedServerProcess, metric_total
-from tests.gpo_process import REPO, answered_server, gpo_environment, optimize_args, run_gpo
+from tests.gpo_process import (
+    answered_server,
+    optimize_args,
+    run_gpo,
+    start_gpo,
+)
 
 TRIALS = 20
 
@@ -84,13 +87,7 @@ class Trial:
 def kill_at(url: str, run_dir: Path, delay_s: float) -> bool:
     """Start a run, SIGKILL it `delay_s` after its run directory exists; False if it finished
     first."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gpo", *optimize_args(url, run_dir)],
-        cwd=REPO,
-        env=gpo_environment(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_gpo(*optimize_args(url, run_dir), capture=False)
     try:
         deadline = time.monotonic() + 60
         while not (run_dir / "config.json").exists() and time.monotonic() < deadline:

@@ -27,7 +27,7 @@ from backends.simulated import metric_total
 from benchmarks import load_task
 from engine.cache import ResponseCache
 from tests.gpo_fakes import DATA_DIR
-from tests.gpo_process import REPO, TASK, answered_server, gpo_environment
+from tests.gpo_process import REPO, TASK, answered_server, start_gpo
 
 KEYS = [f"key-{i:04d}".encode() for i in range(600)]
 
@@ -199,14 +199,7 @@ def gpo_eval(url: str, cache: Path, out: Path, own_prompt: str) -> subprocess.Po
     for prompt in (*SHARED_PROMPTS, own_prompt):
         arguments += ["--prompt", prompt]
     arguments += ["--scorer-url", url, "--scorer-chat-template", "chatml", "--out", str(out)]
-    return subprocess.Popen(
-        [sys.executable, "-m", "gpo", *arguments],
-        cwd=REPO,
-        env=gpo_environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_gpo(*arguments)
 
 
 def scores(out: Path) -> dict[str, float]:

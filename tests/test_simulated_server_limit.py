@@ -21,6 +21,7 @@ from backends.simulated import (
     workload_from_prompts,
 )
 from backends.simulated.batching import ContinuousBatcher, SequenceWork
+from backends.simulated.tokens import prefix_block_hashes
 
 TINY = SimulatedServerConfig(
     max_num_seqs=4,
@@ -148,6 +149,9 @@ def test_a_next_turn_finds_the_previous_answer_cached_when_answers_are_given():
     assert without[1][2] == 4 * 16  # only the first prompt's blocks
     # The answer's last token is never fed through the model, so its last block is not full.
     assert with_answers[1][2] == (4 + 5) * 16
+    # Continuing the chain from the prompt's keys gives the keys of hashing it all afresh.
+    keys = prefix_block_hashes(first, config.block_size)
+    assert prefix_block_hashes(second, 16, keys) == prefix_block_hashes(second, 16)
     with pytest.raises(ConfigError, match="output texts"):
         workload_from_prompts(config, [first], [1], ["a", "b"])
 

@@ -15,11 +15,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from types import TracebackType
 
 from aiohttp import web
 
 from backends.errors import ConfigError
+from backends.managed_process import AsyncStartStopContext
 from backends.simulated.answer_key import AnswerKey
 from backends.simulated.app import SimulatedApp
 from backends.simulated.config import SimulatedServerConfig
@@ -31,7 +31,7 @@ HOST = "127.0.0.1"
 SHUTDOWN_TIMEOUT_S = 1.0
 
 
-class SimulatedServer:
+class SimulatedServer(AsyncStartStopContext):
     """An in-process simulated vLLM-like server (see the package docs for the protocol)."""
 
     def __init__(
@@ -99,18 +99,6 @@ class SimulatedServer:
         await self._app.close()
         await runner.cleanup()
         logger.info("simulated server on port %d stopped", self._port)
-
-    async def __aenter__(self) -> SimulatedServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def take_down(self, seconds: float | None = None) -> None:
         """Crash now; listen again after `seconds` real seconds (None: until `bring_up()`)."""

@@ -25,18 +25,21 @@ def truncate_to_tokens(text: str, max_tokens: int) -> str:
     return text.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
 
 
-def prefix_block_hashes(text: str, block_size: int) -> tuple[int, ...]:
+def prefix_block_hashes(
+    text: str, block_size: int, known_keys: tuple[int, ...] = ()
+) -> tuple[int, ...]:
     """One key per full block of the prompt; key i identifies the prompt's first i+1 blocks.
 
     Keys are chained (each hashes the previous key with the block's bytes), as vLLM's block hashes
     are, so two prompts share key i exactly when their first i+1 blocks are equal. Keys use
-    Python's `hash`, so they are only comparable within one process.
+    Python's `hash`, so they are only comparable within one process. `known_keys`, the keys of a
+    prefix of `text` already hashed, are taken as they are and the chain goes on after them.
     """
     data = text.encode("utf-8")
     step = block_size * BYTES_PER_TOKEN
-    key = 0
-    keys = []
-    for start in range(0, len(data) - step + 1, step):
+    key = known_keys[-1] if known_keys else 0
+    keys = list(known_keys)
+    for start in range(len(known_keys) * step, len(data) - step + 1, step):
         key = hash((key, data[start : start + step]))
         keys.append(key)
     return tuple(keys)
@@ -52,5 +55,4 @@ def generated_block_hashes(
     sampled but never fed through the model, so its KV does not exist and it is left out.
     """
     computed = prompt + truncate_to_tokens(output, max(0, count_tokens(output) - 1))
-    keys = prefix_block_hashes(computed, block_size)
-    return keys[len(prompt_keys) :]
+    return prefix_block_hashes(computed, block_size, prompt_keys)[len(prompt_keys) :]
