@@ -33,7 +33,7 @@ from backends.errors import (
     ServerError,
     UnknownModel,
 )
-from backends.protocol import Capabilities, Completion, Message, SamplingParams
+from backends.protocol import PURPOSE_HEADER, Capabilities, Completion, Message, SamplingParams
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 _ERROR_SNIPPET_CHARS = 300
@@ -89,6 +89,11 @@ def _sampling_body(params: SamplingParams) -> dict[str, Any]:
     if params.seed is not None:
         body["seed"] = params.seed
     return body
+
+
+def _purpose_headers(params: SamplingParams) -> dict[str, str] | None:
+    """The `X-GPO-Purpose` header of a call whose requests say what they ask for."""
+    return {PURPOSE_HEADER: str(params.purpose)} if params.purpose is not None else None
 
 
 def _split_total(total: int, weights: Sequence[int]) -> list[int]:
@@ -194,12 +199,19 @@ class OpenAICompatibleBackend:
             await self._session.close()
         self._session = None
 
-    async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         url = f"{self._base_url}{path}"
         where = f"{self._public_url}{path}"
         data = orjson.dumps(body) if body is not None else None
         try:
-            async with self._get_session().request(method, url, data=data) as response:
+            session = self._get_session()
+            async with session.request(method, url, data=data, headers=headers) as response:
                 raw = await response.read()
                 status = response.status
                 if status >= 400:
@@ -283,7 +295,7 @@ class OpenAICompatibleBackend:
         body = _sampling_body(params)
         body["model"] = self._model
         body["prompt"] = prompts[0] if len(prompts) == 1 else list(prompts)
-        payload = await self._request("POST", "/completions", body)
+        payload = await self._request("POST", "/completions", body, _purpose_headers(params))
         return self._parse_choices(payload, len(prompts), params.n, "/completions", prompts)
 
     async def chat(self, messages: Sequence[Message], params: SamplingParams) -> Completion:
@@ -291,7 +303,7 @@ class OpenAICompatibleBackend:
         body = _sampling_body(params)
         body["model"] = self._model
         body["messages"] = [{"role": role, "content": content} for role, content in messages]
-        payload = await self._request("POST", "/chat/completions", body)
+        payload = await self._request("POST", "/chat/completions", body, _purpose_headers(params))
         return self._parse_choices(payload, 1, params.n, "/chat/completions", None)[0]
 
     def _parse_choices(

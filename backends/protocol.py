@@ -3,21 +3,48 @@
 A `Request` is one generation: a chat (`messages`) or a plain completion (`prompt`), with its
 sampling settings. A backend turns requests into `Completion`s and knows nothing of caching,
 retries or limits; those are the engine's policy.
+
+A request may say what kind of answer it asks for (`SamplingParams.purpose`, one of `Purpose`):
+the optimizer labels its meta-prompts so, and the HTTP client sends the label as the
+`X-GPO-Purpose` header. Real servers ignore it; a server that imitates a model (the simulated
+server) decides from it, never from the prompt's wording, whether to answer as an optimizer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 Message = tuple[str, str]
 """One chat turn as (role, content); role is "system", "user" or "assistant"."""
 
 
+PURPOSE_HEADER = "X-GPO-Purpose"
+"""The HTTP header that carries `SamplingParams.purpose`."""
+
+
+class Purpose(StrEnum):
+    """What a request that is not an ordinary task prompt asks for (no purpose: an ordinary one).
+
+    Both kinds expect the answer between `<START>` and `<END>`.
+    """
+
+    NEW_PROMPT = "new-prompt"
+    """Write a new prompt (an optimizer meta-prompt, or a summary of prompts)."""
+    REFLECTION = "reflection"
+    """Say what is wrong with a prompt (a reflection, or a summary of problems)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """Generation settings sent with a request; every field takes part in the cache key."""
+    """Generation settings sent with a request.
+
+    Every field but `purpose` takes part in the cache key. `purpose` labels the call for the
+    server (see the module docs); it is here, not on `Request`, because it travels per HTTP call,
+    as these settings do: requests that share one call share their settings and their purpose.
+    """
 
     max_tokens: int = 256
     temperature: float = 0.0
@@ -25,6 +52,7 @@ class SamplingParams:
     n: int = 1
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    purpose: Purpose | None = None
 
 
 @dataclass(frozen=True, slots=True)

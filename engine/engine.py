@@ -37,7 +37,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence, Sized
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Any
 
@@ -579,9 +579,7 @@ class Engine:
             prompt_tokens = completion_tokens = 0
             for choice in range(params.n):
                 seed = None if params.seed is None else params.seed + choice
-                single = SamplingParams(
-                    params.max_tokens, params.temperature, params.top_p, 1, params.stop, seed
-                )
+                single = replace(params, n=1, seed=seed)
                 if item.prompt is not None:
                     (answer,) = await self.backend.complete([item.prompt], single)
                 else:

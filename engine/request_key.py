@@ -1,7 +1,8 @@
 """The cache key of a request: a hash of its canonical form, credentials left out.
 
 Canonical form = endpoint identity (URL without credentials, model), the messages or prompt, and
-every sampling parameter, serialised by orjson with sorted keys (as DSPy's cache does). A sampled
+every sampling parameter (not `purpose`, which labels the call for the server and does not change
+what is asked), serialised by orjson with sorted keys (as DSPy's cache does). A sampled
 request (temperature > 0) has a key only when it carries a `sample_index`: without one, two draws
 would share an answer and sampling would silently become repetition.
 """

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from backends.errors import ConfigError, GpoError
-from backends.protocol import Completion, Request, SamplingParams
+from backends.protocol import Completion, Purpose, Request, SamplingParams
 from benchmarks.sample import Sample
 from engine.engine import BudgetExhausted, Priority, RequestFailed
 from gpo.candidates import parse_candidates, parse_marked_answer
@@ -71,6 +71,12 @@ OPTIMIZING_PHASE = "optimizing"
 # Offsets that keep the sample indices of a step's different sampled requests apart.
 _CANDIDATE_SLOT = 0
 _SINGLE_SLOT = 900
+# Single optimizer requests, in slot order, with what each asks for (told to the server).
+_ASK_KINDS = {
+    "reflection": Purpose.REFLECTION,
+    "momentum": Purpose.REFLECTION,
+    "summary": Purpose.NEW_PROMPT,
+}
 
 
 class BudgetStop(GpoError):
@@ -357,13 +363,16 @@ class _TaskRun:
     def _sample_index(self, step: int, slot: int) -> int:
         return self.config.seed * 1_000_000 + step * 1000 + slot
 
-    def _request(self, text: str, temperature: float, n: int, index: int) -> Request:
+    def _request(
+        self, text: str, temperature: float, n: int, index: int, purpose: Purpose
+    ) -> Request:
         sampled = temperature > 0
         params = SamplingParams(
             max_tokens=self.config.optimizer_max_tokens,
             temperature=temperature,
             n=n,
             seed=index if sampled else None,
+            purpose=purpose,
         )
         return Request(
             messages=(("user", text),), params=params, sample_index=index if sampled else None
@@ -380,6 +389,7 @@ class _TaskRun:
                 cfg.optimizer_temperature,
                 count,
                 self._sample_index(step, _CANDIDATE_SLOT),
+                Purpose.NEW_PROMPT,
             )
             completion = await engine.generate(
                 request, priority=Priority.OPTIMIZER, phase=OPTIMIZING_PHASE
@@ -391,6 +401,7 @@ class _TaskRun:
                 cfg.optimizer_temperature,
                 1,
                 self._sample_index(step, _CANDIDATE_SLOT + i),
+                Purpose.NEW_PROMPT,
             )
             for i in range(count)
         ]
@@ -411,8 +422,8 @@ class _TaskRun:
 
     async def _ask(self, step: int, kind: str, text: str, temperature: float) -> str:
         """One answer from the optimizer (reflection, momentum, summary)."""
-        slot = _SINGLE_SLOT + ("reflection", "momentum", "summary").index(kind)
-        request = self._request(text, temperature, 1, self._sample_index(step, slot))
+        index = self._sample_index(step, _SINGLE_SLOT + list(_ASK_KINDS).index(kind))
+        request = self._request(text, temperature, 1, index, _ASK_KINDS[kind])
         try:
             completion = await self.owner.optimizer.generate(
                 request, priority=Priority.OPTIMIZER, phase=OPTIMIZING_PHASE

@@ -1,4 +1,5 @@
-"""Plausible answers: an answer key the optimizer can climb, two-turn agreement, meta-prompts."""
+"""Plausible answers: an answer key the optimizer can climb, two-turn agreement, meta-prompts
+(recognised by the request's X-GPO-Purpose header, never by their wording)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import orjson
 import pytest
 
 from backends.chat_template import render_chatml
+from backends.protocol import PURPOSE_HEADER, Purpose
 from backends.simulated import (
     SimulatedServer,
     SimulatedServerConfig,
@@ -63,15 +65,36 @@ async def server(questions):
         yield running
 
 
-async def complete(url: str, prompts: list[str], **settings) -> list[str]:
+async def complete(
+    url: str, prompts: list[str], purpose: str | None = None, **settings
+) -> list[str]:
     payload = {"prompt": prompts, "max_tokens": 1024, "temperature": 0, **settings}
+    headers = {PURPOSE_HEADER: purpose} if purpose is not None else None
     async with (
         aiohttp.ClientSession() as client,
-        client.post(f"{url}/v1/completions", data=orjson.dumps(payload)) as response,
+        client.post(
+            f"{url}/v1/completions", data=orjson.dumps(payload), headers=headers
+        ) as response,
     ):
         assert response.status == 200
         body = orjson.loads(await response.read())
     return [choice["text"] for choice in body["choices"]]
+
+
+async def chat(url: str, text: str, purpose: str | None = None) -> tuple[int, str]:
+    """One /v1/chat/completions call: (status, answer text or error body)."""
+    payload = {"messages": [{"role": "user", "content": text}], "max_tokens": 1024}
+    headers = {PURPOSE_HEADER: purpose} if purpose is not None else None
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(
+            f"{url}/v1/chat/completions", data=orjson.dumps(payload), headers=headers
+        ) as response,
+    ):
+        body = orjson.loads(await response.read())
+        if response.status != 200:
+            return response.status, str(body)
+    return 200, body["choices"][0]["message"]["content"]
 
 
 def first_turn(question: str, instruction: str) -> list[tuple[str, str]]:
@@ -189,6 +212,7 @@ async def test_meta_prompt_candidates_are_wrapped_varied_and_repeatable(server, 
     )
     prompt = render_chatml([("user", text)])
     settings = {"n": 8, "temperature": 1.0, "seed": 0, "max_tokens": 512}
+    settings["purpose"] = Purpose.NEW_PROMPT
     first = await complete(server.url, [prompt], **settings)
     again = await complete(server.url, [prompt], **settings)
     other = await complete(server.url, [prompt], **{**settings, "seed": 1})
@@ -211,8 +235,40 @@ async def test_reflection_prompt_gets_a_wrapped_reason(server):
         "examples.\nGive a reason why the prompt could have gotten these examples wrong. "
         "Wrap the reason with <START> and <END>."
     )
-    [output] = await complete(server.url, [render_chatml([("user", text)])])
+    [output] = await complete(server.url, [render_chatml([("user", text)])], Purpose.REFLECTION)
     assert re.fullmatch(r"<START>The prompt .+\.<END>", output)
+
+
+async def test_a_meta_prompt_without_a_purpose_is_answered_as_an_ordinary_chat(server, questions):
+    """The wording of a meta-prompt decides nothing: without the header it is a plain question."""
+    update = meta_prompt([("Let's think step by step.", 41)], "Be brief.", questions[:3], 10)
+    reflection = (
+        "Your task is to point out the problems with the current prompt.\n"
+        "Give a reason why the prompt could have gotten these examples wrong. "
+        "Wrap the reason with <START> and <END>."
+    )
+    for text in (update, reflection):
+        status, answer = await chat(server.url, text)
+        assert status == 200
+        assert "<START>" not in answer and "<END>" not in answer
+        assert ANSWER.search(answer) is not None, answer[-80:]
+        [completed] = await complete(server.url, [render_chatml([("user", text)])])
+        assert "<START>" not in completed and ANSWER.search(completed) is not None
+
+
+async def test_the_purpose_alone_makes_a_meta_prompt(server):
+    status, answer = await chat(server.url, "Hello there.", Purpose.NEW_PROMPT)
+    assert status == 200 and re.fullmatch(r"<START>.+<END>", answer)
+    status, answer = await chat(server.url, "Hello there.", Purpose.REFLECTION)
+    assert status == 200 and re.fullmatch(r"<START>The prompt .+\.<END>", answer)
+    counted = server.counters.purposes
+    assert counted["new-prompt"] == 1 and counted["reflection"] == 1
+
+
+async def test_an_unknown_purpose_is_refused_with_a_clear_400(server):
+    status, body = await chat(server.url, "Hello there.", "new_prompt")
+    assert status == 400
+    assert PURPOSE_HEADER in body and "new-prompt" in body and "reflection" in body
 
 
 async def test_a_greedy_optimizer_climbs_against_the_simulated_scorer(server, questions):
@@ -234,6 +290,7 @@ async def test_a_greedy_optimizer_climbs_against_the_simulated_scorer(server, qu
         outputs = await complete(
             server.url,
             [render_chatml([("user", text)])],
+            purpose=Purpose.NEW_PROMPT,
             n=8,
             temperature=1.0,
             seed=step,

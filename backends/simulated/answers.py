@@ -1,7 +1,9 @@
 """What the simulated model says: plausible, deterministic answers that an optimizer can climb.
 
 For each prompt the server first makes a plan (once per prompt, whatever `n` is):
-- an optimizer meta-prompt (see `meta_prompts.py`) gets `<START>candidate<END>`;
+- a request that names a purpose (the `X-GPO-Purpose` header, `backends.protocol.Purpose`) is an
+  optimizer meta-prompt (see `meta_prompts.py`) and gets `<START>candidate<END>` or
+  `<START>reason<END>`; without one, a prompt is never treated as a meta-prompt;
 - a prompt containing a question from the answer key is a scoring call. Its instruction is the
   rest of the first user turn (question removed). The answer X is the gold answer when
   u(instruction, question) < p(instruction), else a plausible wrong answer of the same kind
@@ -30,11 +32,12 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from backends.protocol import Purpose
 from backends.simulated.answer_key import AnswerKey, plausible_wrong_answer
 from backends.simulated.config import OutputLengths
 from backends.simulated.conversation import parse_prompt, user_turns
 from backends.simulated.filler import filler_text
-from backends.simulated.meta_prompts import is_optimizer_prompt, optimizer_answer
+from backends.simulated.meta_prompts import optimizer_answer
 from backends.simulated.tokens import BYTES_PER_TOKEN, count_tokens, truncate_to_tokens
 
 _MASK64 = (1 << 64) - 1
@@ -118,13 +121,15 @@ class GeneratedText:
 class AnswerPlan:
     """What a prompt will be answered, decided once per prompt.
 
-    `kind` is "optimizer" (meta-prompt), "final" (second turn: just the answer) or "reasoning".
+    `kind` is "optimizer" (meta-prompt, of `purpose`), "final" (second turn: just the answer) or
+    "reasoning".
     """
 
     kind: str
     answer: str
     prompt_hash: int
     prompt: str
+    purpose: Purpose | None = None
 
 
 def _answer_sentence(answer: str) -> str:
@@ -150,10 +155,11 @@ class AnswerSynthesizer:
         self._lengths = output_lengths
         self._key = answer_key
 
-    def plan(self, prompt: str) -> AnswerPlan:
+    def plan(self, prompt: str, purpose: Purpose | None = None) -> AnswerPlan:
+        """How `prompt` will be answered; `purpose` is what the request said it asks for."""
         prompt_hash = stable_hash(prompt)
-        if is_optimizer_prompt(prompt):
-            return AnswerPlan("optimizer", "", prompt_hash, prompt)
+        if purpose is not None:
+            return AnswerPlan("optimizer", "", prompt_hash, prompt, Purpose(purpose))
         turns = user_turns(parse_prompt(prompt))
         second_turn = len(turns) >= 2 and bool(_SECOND_TURN_CUE.search(turns[-1]))
         answer = None
@@ -185,8 +191,8 @@ class AnswerSynthesizer:
         stop: tuple[str, ...] = (),
     ) -> GeneratedText:
         key = sampling_key(plan.prompt_hash, temperature, seed, choice)
-        if plan.kind == "optimizer":
-            text = optimizer_answer(plan.prompt, key)
+        if plan.kind == "optimizer" and plan.purpose is not None:
+            text = optimizer_answer(plan.purpose, plan.prompt, key)
         elif plan.kind == "final":
             text = plan.answer
         else:

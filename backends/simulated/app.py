@@ -5,12 +5,14 @@ Routes: `POST /v1/completions`, `POST /v1/chat/completions`, `POST /v1/embedding
 `POST /sim/down` (`{"seconds": N}`: crash now, listen again after N real seconds) and
 `POST /sim/restart`.
 
-A generation request goes: API key (401) -> JSON body (400) -> validation (400/404) -> rate
-limits (429, costs nothing) -> fault draw -> answers -> the step model (unless zero-latency) ->
-response. Answers are computed when the request arrives (they decide output lengths); the
-response is sent when the simulated GPU has generated every sequence. A client that disconnects
-aborts its sequences, freeing their slots, as vLLM does. HTTP statuses are counted per endpoint;
-499 means no answer was sent (connection dropped, client gone, or crash).
+A generation request goes: API key (401) -> JSON body (400) -> validation (400/404, the
+`X-GPO-Purpose` header included) -> rate limits (429, costs nothing) -> fault draw -> answers ->
+the step model (unless zero-latency) -> response. The purpose header alone decides whether a
+prompt is answered as an optimizer meta-prompt (see `answers.py`). Answers are computed when the
+request arrives (they decide output lengths); the response is sent when the simulated GPU has
+generated every sequence. A client that disconnects aborts its sequences, freeing their slots, as
+vLLM does. HTTP statuses are counted per endpoint; 499 means no answer was sent (connection
+dropped, client gone, or crash).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import orjson
 from aiohttp import web
 
 from backends.errors import BackendError, ClientRequestError, ConnectionFailed
+from backends.protocol import PURPOSE_HEADER, Purpose
 from backends.simulated import faults as fault_delivery
 from backends.simulated.answer_key import AnswerKey
 from backends.simulated.answers import AnswerSynthesizer, GeneratedText
@@ -95,6 +98,20 @@ def error_response(
         content_type=_JSON,
         headers=headers,
     )
+
+
+def _purpose(request: web.Request) -> Purpose | None:
+    """The request's `X-GPO-Purpose`, or None; an unknown value is the client's error (400)."""
+    value = request.headers.get(PURPOSE_HEADER)
+    if value is None:
+        return None
+    try:
+        return Purpose(value.strip())
+    except ValueError:
+        known = ", ".join(purpose.value for purpose in Purpose)
+        raise ClientRequestError(
+            f"unknown {PURPOSE_HEADER} header {value[:40]!r}; known purposes: {known}", status=400
+        ) from None
 
 
 class SimulatedApp:
@@ -299,6 +316,7 @@ class SimulatedApp:
             return denied
         try:
             generation = parse(await self._read_json(request), self.config)
+            purpose = _purpose(request)
         except BackendError as exc:
             return error_response(str(exc), exc.status or 400)
         decision = self._rate_limit(generation.rate_limit_tokens)
@@ -309,7 +327,7 @@ class SimulatedApp:
         if fault is not None and fault is not FaultKind.SLOW_BODY:
             self.counters.faults[fault.value] += 1
             return await self._deliver_fault(request, fault)
-        outputs = self._answers(generation)
+        outputs = self._answers(generation, purpose)
         if self.step_loop is not None:
             try:
                 await self._run_on_gpu(self.step_loop, generation, outputs)
@@ -326,6 +344,7 @@ class SimulatedApp:
             )
         )
         self._count_served(generation, outputs)
+        self.counters.purposes[purpose.value if purpose is not None else "none"] += 1
         if fault is FaultKind.SLOW_BODY:
             self.counters.faults[fault.value] += 1
             return await fault_delivery.write_slowly(
@@ -333,11 +352,13 @@ class SimulatedApp:
             )
         return web.Response(body=body, content_type=_JSON, headers=headers)
 
-    def _answers(self, generation: GenerationRequest) -> list[GeneratedText]:
+    def _answers(
+        self, generation: GenerationRequest, purpose: Purpose | None = None
+    ) -> list[GeneratedText]:
         synthesizer = self.synthesizer
         outputs: list[GeneratedText] = []
         for prompt in generation.prompts:
-            plan = synthesizer.plan(prompt)
+            plan = synthesizer.plan(prompt, purpose)
             if generation.temperature <= 0:
                 first = synthesizer.generate(
                     plan,

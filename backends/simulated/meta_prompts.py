@@ -1,18 +1,23 @@
 """Answers to optimizer meta-prompts: new candidate prompts derived from the prompts shown.
 
-A meta-prompt contains "<START>" and "Wrap the new prompt" (a request for a new prompt) or
-"Wrap the reason" (a reflection on wrong answers). For a new prompt, the simulated optimizer
-reads the prompts listed after "Prompt:" with their "Score:" lines and the one after "The current
-prompt is:", starts from the best-scored one (sometimes another one shown), and edits a few words
-using a vocabulary that includes the words the simulated scorer rewards (see `answers.py`), within
-the "change up to N words" budget when one is stated. Every choice is a function of the
-meta-prompt and the sampling key, so n = 8 gives varied candidates and runs repeat exactly.
+Whether a request is a meta-prompt, and which kind, is never guessed from its wording: the
+request says so in its `X-GPO-Purpose` header (`backends.protocol.Purpose`), and a request without
+one is an ordinary prompt whatever it contains. What the answer says is drawn from the text:
+for a new prompt (`Purpose.NEW_PROMPT`), the simulated optimizer reads the prompts listed after
+"Prompt:" with their "Score:" lines and the one after "The current prompt is:", starts from the
+best-scored one (sometimes another one shown), and edits a few words using a vocabulary that
+includes the words the simulated scorer rewards (see `answers.py`), within the "change up to N
+words" budget when one is stated; a reflection (`Purpose.REFLECTION`) gets one of a few stock
+reasons. Every choice is a function of the meta-prompt and the sampling key, so n = 8 gives
+varied candidates and runs repeat exactly.
 """
 
 from __future__ import annotations
 
 import random
 import re
+
+from backends.protocol import Purpose
 
 _BUDGET = re.compile(r"change up to (\d+) words")
 _SCORE = re.compile(r"-?\d+(?:\.\d+)?")
@@ -54,10 +59,6 @@ _REASONS = (
     "does not ask the model to read the question carefully",
 )
 _FALLBACK_PROMPT = "Let's think step by step."
-
-
-def is_optimizer_prompt(text: str) -> bool:
-    return "<START>" in text and ("Wrap the new prompt" in text or "Wrap the reason" in text)
 
 
 def shown_prompts(text: str) -> tuple[list[tuple[str, float | None]], str | None]:
@@ -108,7 +109,7 @@ def _edit(words: list[str], budget: int, rng: random.Random) -> list[str]:
 
 
 def new_prompt_candidate(text: str, key: int) -> str:
-    """One edited prompt for a "Wrap the new prompt" meta-prompt."""
+    """One edited prompt for a meta-prompt that asks for a new prompt."""
     rng = random.Random(key)
     shown, current = shown_prompts(text)
     scored = [(score if score is not None else 0.0, prompt) for prompt, score in shown if prompt]
@@ -128,9 +129,9 @@ def new_prompt_candidate(text: str, key: int) -> str:
     return candidate[0].upper() + candidate[1:]
 
 
-def optimizer_answer(text: str, key: int) -> str:
-    """The full answer to a meta-prompt, wrapped in <START> and <END>."""
-    if "Wrap the new prompt" in text:
+def optimizer_answer(purpose: Purpose, text: str, key: int) -> str:
+    """The full answer to a meta-prompt of this `purpose`, wrapped in <START> and <END>."""
+    if purpose is Purpose.NEW_PROMPT:
         return f"<START>{new_prompt_candidate(text, key)}<END>"
     reason = random.Random(key).choice(_REASONS)
     return f"<START>The prompt {reason}.<END>"

@@ -6,8 +6,9 @@ prompt tokens admitted, `vllm:generation_tokens_total` tokens generated, both in
 later aborted; `vllm:prefix_cache_queries_total` / `_hits_total` count prompt tokens looked up /
 found cached, and `vllm:gpu_prefix_cache_hit_rate` is their ratio). `sim_*` names are the
 server's own bookkeeping: HTTP requests by endpoint and status, sequences and tokens actually
-served (billed in `usage`; faulty requests are never counted), 429s sent, faults injected by
-kind, simulated time, restarts. Counters survive `restart()` so a benchmark sees whole runs.
+served (billed in `usage`; faulty requests are never counted), generation calls answered by
+purpose (the `X-GPO-Purpose` header, "none" without one), 429s sent, faults injected by kind,
+simulated time, restarts. Counters survive `restart()` so a benchmark sees whole runs.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class ServerCounters:
 
     http_requests: Counter[tuple[str, int]] = field(default_factory=Counter)
     generation_requests_served: int = 0
+    purposes: Counter[str] = field(default_factory=Counter)
     sequences_served: int = 0
     prompt_tokens_served: int = 0
     completion_tokens_served: int = 0
@@ -157,6 +159,12 @@ def render_metrics(
     for name, help_text, value in simple:
         kind = "gauge" if name == "sim_max_num_seqs" else "counter"
         metric(name, kind, help_text, [({}, value)])
+    metric(
+        "sim_requests_by_purpose_total",
+        "counter",
+        "Generation HTTP calls answered 200, by X-GPO-Purpose.",
+        [({"purpose": purpose}, count) for purpose, count in sorted(counters.purposes.items())],
+    )
     metric(
         "sim_faults_injected_total",
         "counter",
