@@ -5,8 +5,10 @@ Answers are committed as each HTTP call returns (one transaction per call), befo
 callers see them, so a killed run keeps every answer it was given. WAL lets several processes read
 while one writes; `busy_timeout` makes a writer wait for the lock instead of failing with
 "database is locked" (opening a fresh file, which several processes may do at once, is retried
-the same way). A file that SQLite cannot read is moved aside (never deleted) and a fresh cache is
-started, so one bad file never stops a run; damage found later is logged and read as a miss.
+the same way). A path that holds something else (a text file, another program's SQLite
+database) is refused with `ConfigError` and left untouched. A cache file that SQLite cannot read
+(a SQLite header, then damage) is moved aside (never deleted) and a fresh cache is started, so
+one bad cache never stops a run; damage found later is logged and read as a miss.
 
 Cross-process in-flight de-duplication (claims). Before a process sends a call, it claims the
 call's keys in one transaction (`claim_many`): a key already answered comes back with its
@@ -67,6 +69,8 @@ _SCHEMA = (
     ) WITHOUT ROWID
     """,
 )
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_OUR_TABLES = frozenset({"responses", "inflight_claims", "claim_owners"})
 _BUSY_TIMEOUT_MS = 60_000
 _OPEN_ATTEMPTS_S = 60.0
 # Keys per SQL statement: below SQLite's oldest limit on bound variables (999).
@@ -175,7 +179,26 @@ class ResponseCache:
 
     # -- opening -------------------------------------------------------------------------------
 
+    def _refuse_foreign_file(self) -> None:
+        """A file that is not a SQLite database is someone else's: never rename or replace it.
+        (An empty file is a cache another process is creating this moment.)"""
+        try:
+            with self.path.open("rb") as handle:
+                header = handle.read(len(_SQLITE_HEADER))
+        except FileNotFoundError:
+            return
+        except IsADirectoryError:
+            raise ConfigError(f"the cache path {self.path} is a directory") from None
+        except OSError as error:
+            raise ConfigError(f"cannot read the cache file {self.path}: {error}") from None
+        if not _SQLITE_HEADER.startswith(header):  # (a prefix: another process writing it)
+            raise ConfigError(
+                f"the cache path {self.path} holds a file that is not a gpo response cache (not "
+                "a SQLite database); it was left untouched: give another cache path"
+            )
+
     def _open(self) -> sqlite3.Connection:
+        self._refuse_foreign_file()
         deadline = time.monotonic() + _OPEN_ATTEMPTS_S
         delay = 0.01
         while True:
@@ -227,6 +250,7 @@ class ResponseCache:
             raise ConfigError(f"cannot open the cache file {self.path}: {error}") from None
         try:
             connection.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            self._refuse_foreign_database(connection)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             for statement in _SCHEMA:
@@ -239,10 +263,26 @@ class ResponseCache:
                 (self.owner, self._host, self._pid, self._pid_started, time.time()),
             )
             self._forget_dead_owners(connection)
-        except sqlite3.DatabaseError:
+        except BaseException:
             connection.close()
             raise
         return connection
+
+    def _refuse_foreign_database(self, connection: sqlite3.Connection) -> None:
+        """Another program's SQLite database is left as it is (no tables added, no WAL mode)."""
+        names = {
+            name
+            for (name,) in connection.execute(
+                "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+            ).fetchall()
+        }
+        foreign = sorted(names - _OUR_TABLES)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise ConfigError(
+                f"the cache path {self.path} holds a SQLite database that is not a gpo response "
+                f"cache (it has {shown}); it was left untouched: give another cache path"
+            )
 
     # -- answers -------------------------------------------------------------------------------
 

@@ -5,6 +5,11 @@ can cause (`GpoError`) and files that cannot be written (a full or read-only dis
 one line naming what and where, with exit status 2; Ctrl-C exits with 130 after the subcommand has
 saved its finished work. API keys are never accepted on the command line, and a key given there
 by mistake is not echoed back in the usage error.
+
+Exit status (README "Exit codes"): 0 done; 1 an unexpected error, or a server `gpo serve` started
+exited; 2 bad usage or input, or an endpoint that cannot be used (one error line); 3 stopped by a
+budget (`--resume` continues an optimization); 4 `gpo eval` finished but samples failed; 130
+interrupted.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""`gpo eval`: score prompts on tasks and splits against any configured scorer endpoint."""
+"""`gpo eval`: score prompts on tasks and splits against any configured scorer endpoint.
+
+Exit status: 0 when every sample was scored, 3 when a budget stopped the evaluation, 4 when
+samples failed (some or all; the summary says how many and why, and `summary.json`'s `status`
+tells "some_failed" from "all_failed"), 2 for bad input (see `gpo.cli`).
+"""
 
 from __future__ import annotations
 
@@ -26,9 +31,12 @@ from benchmarks.layout import POSITIONS
 from engine.evaluator import EvaluatorSettings
 from engine.event_loop import run as run_async
 from gpo.endpoints import add_endpoint_arguments, add_shared_arguments, open_engines
-from gpo.eval_job import EvalJob, ensure_writable_dir, run_eval_job
+from gpo.eval_job import EvalJob, check_out_dir, ensure_writable_dir, fresh_dir, run_eval_job
+from gpo.user_text import check_arguments, read_text_file
 
 DEFAULT_PROMPT = "Let's think step by step."
+EXIT_STOPPED = 3
+EXIT_SAMPLES_FAILED = 4
 
 
 def add_parser(subparsers: Any) -> None:
@@ -67,7 +75,17 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--limit", type=int, metavar="N", help="first N samples of each split")
     parser.add_argument("--data-dir", metavar="PATH", help="benchmark data folder")
     parser.add_argument(
-        "--out", type=Path, metavar="DIR", help="output folder (default runs/eval-TIMESTAMP)"
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="output folder (default: a new runs/eval-TIMESTAMP); refused if it holds an "
+        "earlier evaluation (unless --overwrite) or an optimize run directory",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the records.jsonl and summary.json of an earlier evaluation in --out "
+        "(its cache.sqlite is kept and reused); an optimize run directory is never overwritten",
     )
     parser.add_argument(
         "--position",
@@ -101,10 +119,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _prompts_from_file(path: Path, tasks: list[str]) -> dict[str, list[str]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise ConfigError(f"--prompts-file: cannot read {path}: {error.strerror}") from None
+    lines = read_text_file(path, "--prompts-file").splitlines()
     by_task: dict[str, list[str]] = {task: [] for task in tasks}
     shared: list[str] = []
     for number, line in enumerate(lines, start=1):
@@ -162,12 +177,15 @@ def build_job(args: argparse.Namespace) -> EvalJob:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)  # text that is not UTF-8 would fail later, in a traceback
     if args.list_tasks:
         sys.stdout.write("\n".join(list_task_names(args.data_dir)) + "\n")
         return 0
     job = build_job(args)
+    if args.out is not None:
+        check_out_dir(args.out, overwrite=args.overwrite)
     out_dir = ensure_writable_dir(
-        args.out or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S"), "--out"
+        args.out or fresh_dir(Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")), "--out"
     )
     total = 0
     for task, prompts in job.prompts_by_task.items():
@@ -196,7 +214,31 @@ def run(args: argparse.Namespace) -> int:
     with progress:
         summary = run_async(main())
     print_summary(summary, out_dir)
-    return 3 if summary.get("stopped_by_budget") else 0
+    if summary.get("stopped_by_budget"):
+        return EXIT_STOPPED
+    if summary["failures"]:
+        print(f"gpo eval: {failure_line(summary)}", file=sys.stderr)
+        return EXIT_SAMPLES_FAILED
+    return 0
+
+
+def failure_line(summary: dict[str, Any]) -> str:
+    """One line: how many samples failed, of what kinds, and what the scores then mean."""
+    failed, samples = summary["failures"], summary["samples"]
+    kinds = summary["ledger"]["totals"]["failures_by_kind"]
+    why = ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items())) or "see records"
+    if failed >= samples:
+        return (
+            f"all {samples} samples failed ({why}); no sample was scored, so there is no score; "
+            "reasons in records.jsonl"
+        )
+    unscored = sum(1 for row in summary["rows"] if row["answered"] == 0)
+    return (
+        f"{failed} of {samples} samples failed ({why}); each score is a mean over its scored "
+        "samples only"
+        + (f", and {unscored} row(s) had none scored (no score)" if unscored else "")
+        + "; reasons in records.jsonl"
+    )
 
 
 def print_summary(summary: dict[str, Any], out_dir: Path) -> None:
@@ -210,7 +252,7 @@ def print_summary(summary: dict[str, Any], out_dir: Path) -> None:
             row["task"],
             row["split"],
             prompt or "(empty)",
-            f"{100 * row['score']:.2f}",
+            f"{100 * row['score']:.2f}" if row["answered"] else "-",
             str(row["failed"]),
         )
     console.print(table)

@@ -49,6 +49,7 @@ from gpo.retrieval import DIRECTIONS, RELEVANCE_ORDERS
 from gpo.run_dir import RunDirectory
 from gpo.runner import RunSpec, now_iso, run_optimization
 from gpo.schedules import SCHEDULE_KINDS
+from gpo.user_text import check_arguments
 
 EXIT_STOPPED = 3
 # Flags that may differ when a run is resumed: budgets and how progress is shown.
@@ -449,6 +450,7 @@ def prepare(args: argparse.Namespace) -> tuple[argparse.Namespace, RunSpec, RunD
 
 
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)  # text that is not UTF-8 would fail later, in a traceback
     if getattr(args, "dry_run", False):
         from gpo.dry_run import estimate_run, print_estimates
 

@@ -38,6 +38,7 @@ from engine.cache import ResponseCache
 from engine.engine import Engine, EngineConfig
 from engine.ledger import Ledger
 from engine.prices import ModelPrice, PriceTable
+from gpo.user_text import read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -171,12 +172,7 @@ _non_negative_float = _number(float, 0, True, "number")
 def read_api_key(args: argparse.Namespace, role: str) -> str | None:
     key_file: Path | None = getattr(args, f"{role}_api_key_file", None)
     if key_file is not None:
-        try:
-            key = key_file.read_text().strip()
-        except OSError as error:
-            raise ConfigError(
-                f"--{role}-api-key-file: cannot read {key_file}: {error.strerror}"
-            ) from None
+        key = read_text_file(key_file, f"--{role}-api-key-file", secret=True).strip()
         if not key:
             raise ConfigError(f"--{role}-api-key-file: {key_file} is empty")
         return key

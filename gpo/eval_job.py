@@ -2,7 +2,11 @@
 
 Writes `records.jsonl` (one line per prompt x sample, appended and flushed as each chain ends),
 `summary.json` (per task and prompt mean scores, failures, group averages as the paper reports
-them, the ledger) and returns the summary for the CLI to print.
+them, the ledger, a `status`) and returns the summary for the CLI to print.
+
+An output folder holds one evaluation: `check_out_dir` refuses a folder that holds an earlier
+evaluation's results unless the caller means to replace them, and always refuses an optimize run
+directory, whose `summary.json` an evaluation would otherwise replace.
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ from backends.errors import ConfigError
 from benchmarks import aggregate, load_task
 from engine.engine import Engine
 from engine.evaluator import EvaluationResult, Evaluator, EvaluatorSettings, SampleRecord
+from gpo.run_dir import CONFIG_FILE, STATE_FILE
+
+RECORDS_FILE = "records.jsonl"
+SUMMARY_FILE = "summary.json"
+# What an optimize run directory holds and an evaluation's folder never does.
+_OTHER_RUN_FILES = (CONFIG_FILE, STATE_FILE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +43,38 @@ class EvalJob:
     data_dir: str | None = None
     settings: EvaluatorSettings = field(default_factory=EvaluatorSettings)
     tasks_at_once: int = 8
+
+
+def check_out_dir(path: Path, *, overwrite: bool, flag: str = "--out") -> None:
+    """Refuse an output folder whose files an evaluation would replace without being asked:
+    an optimize run directory always, an earlier evaluation's results unless `overwrite`."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path}: exists and is not a directory")
+    if not path.is_dir():
+        return
+    other = [name for name in _OTHER_RUN_FILES if (path / name).exists()]
+    if other:
+        raise ConfigError(
+            f"{flag} {path}: holds an optimize run directory ({', '.join(other)}), whose files an "
+            f"evaluation would replace; choose another {flag}"
+        )
+    earlier = [name for name in (RECORDS_FILE, SUMMARY_FILE) if (path / name).exists()]
+    if earlier and not overwrite:
+        raise ConfigError(
+            f"{flag} {path}: holds an earlier evaluation's results ({', '.join(earlier)}); "
+            f"pass --overwrite to replace them (its cached answers are reused) or choose another "
+            f"{flag}"
+        )
+
+
+def fresh_dir(base: Path) -> Path:
+    """`base`, or `base-2`, `base-3`... if it exists (two default folders in one second)."""
+    candidate = base
+    for copy in range(2, 10_000):
+        if not candidate.exists():
+            return candidate
+        candidate = base.with_name(f"{base.name}-{copy}")
+    raise ConfigError(f"--out: {base} and its numbered variants all exist; choose --out")
 
 
 def ensure_writable_dir(path: Path, flag: str) -> Path:
@@ -64,8 +106,8 @@ async def run_eval_job(
     tasks = {name: load_task(name, job.data_dir) for name in job.prompts_by_task}
     evaluator = Evaluator(engine, job.settings)
     records_file: BinaryIO
-    # One evaluation per output folder: a re-run replaces the records rather than doubling them.
-    with (out_dir / "records.jsonl").open("wb") as records_file:
+    # One evaluation per output folder (see `check_out_dir`): records are replaced, not doubled.
+    with (out_dir / RECORDS_FILE).open("wb") as records_file:
 
         def record_written(record: SampleRecord) -> None:
             try:
@@ -73,7 +115,7 @@ async def run_eval_job(
                 records_file.flush()
             except OSError as error:
                 raise ConfigError(
-                    f"cannot write {out_dir / 'records.jsonl'}: {error.strerror or error}; "
+                    f"cannot write {out_dir / RECORDS_FILE}: {error.strerror or error}; "
                     "records written before this and every answer in the cache are kept"
                 ) from None
             if on_record is not None:
@@ -97,7 +139,7 @@ async def run_eval_job(
         work = [(name, split) for name in job.prompts_by_task for split in job.splits]
         results = await asyncio.gather(*(evaluate(name, split) for name, split in work))
     summary = summarise(results, engine)
-    write_json_atomic(out_dir / "summary.json", summary)
+    write_json_atomic(out_dir / SUMMARY_FILE, summary)
     return summary
 
 
@@ -129,11 +171,25 @@ def summarise(results: Sequence[EvaluationResult], engine: Engine) -> dict[str, 
         for split, scores in best_by_split.items()
     }
     stopped = next((r.stopped_by_budget for r in results if r.stopped_by_budget), None)
+    samples = sum(int(r.scores.size) for r in results)
+    failures = sum(r.failures for r in results)
     return {
+        "status": eval_status(samples, failures, stopped),
         "rows": rows,
         "groups": groups,
-        "failures": sum(r.failures for r in results),
+        "samples": samples,
+        "failures": failures,
         "stopped_by_budget": stopped,
         "engine": engine.describe(),
         "ledger": engine.ledger.snapshot(),
     }
+
+
+def eval_status(samples: int, failures: int, stopped_by_budget: str | None) -> str:
+    """ "finished" (every sample scored), "stopped_by_budget", "some_failed" (the means cover
+    the scored samples only) or "all_failed" (no sample was scored: there is no result)."""
+    if stopped_by_budget:
+        return "stopped_by_budget"
+    if failures == 0:
+        return "finished"
+    return "all_failed" if failures >= samples else "some_failed"

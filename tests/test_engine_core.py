@@ -206,7 +206,7 @@ def test_two_processes_write_one_cache_file(tmp_path):
 
 def test_corrupt_cache_file_is_set_aside(tmp_path):
     path = tmp_path / "cache.sqlite"
-    path.write_bytes(b"this is not a database" * 100)
+    path.write_bytes(b"SQLite format 3\x00" + b"damaged page " * 100)  # a cache, damaged
     cache = ResponseCache(path)
     assert cache.set_aside is not None and cache.set_aside.exists()
     assert len(cache) == 0
