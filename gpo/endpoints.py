@@ -320,7 +320,8 @@ async def served_models(
             return None
     raise ConfigError(
         f"--{role}-url {url}: the server cannot be reached after {attempts} attempts in "
-        f"{loop.time() - started:.0f} s, {timeout_s:g} s each ({PROBE_TIMEOUT_ENV}) ({last})"
+        f"{loop.time() - started:.0f} s ({last}); each try waits {timeout_s:g} s "
+        f"(set {PROBE_TIMEOUT_ENV} to change it)"
     )
 
 
