@@ -77,10 +77,10 @@ class _KeyFileAction(argparse.Action):
 
     def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
         path = Path(values)
-        if not path.is_file():
+        if not path.exists():  # a pipe (<(pass show key)) is fine too
             shown = f"{path}" if not looks_like_key(str(path)) else "the value (not shown: a key?)"
             parser.error(
-                f"{option}: {shown} is not a file; give the path of a file holding the key"
+                f"{option}: {shown} does not exist; give the path of a file holding the key"
             )
         setattr(namespace, self.dest, path)
 
