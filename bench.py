@@ -2272,7 +2272,8 @@ def _run_optimization(
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Measure the engine against peers' dispatch patterns on the simulated server."
+        allow_abbrev=False,
+        description="Measure the engine against peers' dispatch patterns on the simulated server.",
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small sizes, one run (< 2 minutes)")

@@ -106,3 +106,10 @@ class UnknownModel(ClientRequestError):
     """The endpoint does not serve the requested model."""
 
     kind = "unknown_model"
+
+
+class Redirected(ClientRequestError):
+    """HTTP 3xx: model calls never follow redirects (the key would travel to the new host); the
+    endpoint's URL must be fixed instead, so the engine stops on the first one."""
+
+    kind = "redirect"

@@ -4,6 +4,12 @@ One shared `aiohttp.ClientSession` per backend, its connector sized to the engin
 window. Every failure becomes a typed `BackendError` so retry policy can stay in the engine.
 Requests and answers are (de)serialised with orjson: per-call CPU, not the network, is what limits
 one Python client on loopback.
+
+Redirects are never followed (the Authorization header would travel to whatever host a server
+names): a 3xx is a `Redirected` error naming the target, with credentials scrubbed. Every URL in a
+message or an identity is scrubbed of userinfo and credential-like query parameters, and the
+keys the backend loads are remembered so that `backends.redaction.redact_known` can remove them
+from anything a server sends back.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import os
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -29,11 +35,13 @@ from backends.errors import (
     ContextLengthExceeded,
     MalformedResponse,
     RateLimited,
+    Redirected,
     RequestTimeout,
     ServerError,
     UnknownModel,
 )
 from backends.protocol import PURPOSE_HEADER, Capabilities, Completion, Message, SamplingParams
+from backends.redaction import redact_known, remember_secret, scrub_text, scrub_url, url_password
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 _ERROR_SNIPPET_CHARS = 300
@@ -52,14 +60,14 @@ def is_local_url(base_url: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """The URL without user:password, so it can appear in logs, cache keys and messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """The URL without user:password or credential-like query parameters, so it can appear in
+    logs, cache keys and messages."""
+    return scrub_url(url)
+
+
+def _clean(text: str) -> str:
+    """A message safe to raise: URLs scrubbed, every known key removed."""
+    return redact_known(scrub_text(text))
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -135,17 +143,37 @@ class OpenAICompatibleBackend:
         identity: str | None = None,
     ) -> None:
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-        self._base_url = base_url.rstrip("/")
-        if not self._base_url.startswith(("http://", "https://")):
+        if not base_url.startswith(("http://", "https://")):
             raise ConfigError(
                 f"base URL {redact_url(base_url)!r} must start with http:// or https://"
             )
-        self._public_url = redact_url(self._base_url)
+        try:
+            parts = urlsplit(base_url)
+        except ValueError:
+            raise ConfigError(f"base URL {redact_url(base_url)!r} is not a valid URL") from None
+        # Paths are appended to the base URL's path; its query string (?api-version=...) follows.
+        # Credentials in the URL (user:password@) travel as HTTP basic auth, never in the URL.
+        host = parts.netloc.rpartition("@")[2]
+        self._base_url = urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+        self._query = f"?{parts.query}" if parts.query else ""
+        self._public_url = redact_url(self._base_url + self._query)
         self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self._basic_auth: aiohttp.BasicAuth | None = None
+        if "@" in parts.netloc:
+            if self._api_key:
+                raise ConfigError(
+                    f"base URL {self._public_url!r} carries credentials (user:password@) and an "
+                    "API key is set too (an API key variable or file); give only one"
+                )
+            self._basic_auth = aiohttp.BasicAuth(
+                unquote(parts.username or ""), unquote(parts.password or "")
+            )
+        remember_secret(self._api_key)
+        remember_secret(url_password(base_url))
         needs_key = (
             (not is_local_url(self._base_url)) if require_api_key is None else require_api_key
         )
-        if needs_key and not self._api_key:
+        if needs_key and not self._api_key and self._basic_auth is None:
             raise AuthenticationError(
                 "no API key for this hosted endpoint: set OPENAI_API_KEY or pass an API key file",
                 endpoint=self._public_url,
@@ -190,7 +218,10 @@ class OpenAICompatibleBackend:
                 limit=self._max_connections, limit_per_host=0, ttl_dns_cache=300
             )
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, headers=self._headers
+                connector=connector,
+                timeout=self._timeout,
+                headers=self._headers,
+                auth=self._basic_auth,
             )
         return self._session
 
@@ -205,15 +236,30 @@ class OpenAICompatibleBackend:
         path: str,
         body: dict[str, Any] | None,
         headers: dict[str, str] | None = None,
+        timeout_s: float | None = None,
     ) -> Any:
-        url = f"{self._base_url}{path}"
-        where = f"{self._public_url}{path}"
+        """One call; `timeout_s` (connect and answer) replaces the session's timeout."""
+        url = f"{self._base_url}{path}{self._query}"
+        where = self._where(path)
         data = orjson.dumps(body) if body is not None else None
+        options: dict[str, Any] = {"allow_redirects": False}
+        if timeout_s is not None:
+            options["timeout"] = aiohttp.ClientTimeout(total=timeout_s, connect=timeout_s)
         try:
             session = self._get_session()
-            async with session.request(method, url, data=data, headers=headers) as response:
+            async with session.request(
+                method, url, data=data, headers=headers, **options
+            ) as response:
                 raw = await response.read()
                 status = response.status
+                if 300 <= status < 400:
+                    target = redact_url(response.headers.get("Location", "") or "(no Location)")
+                    raise Redirected(
+                        f"HTTP {status}: the server redirects to {target}; redirects are not "
+                        "followed (the API key would go along): give the final URL instead",
+                        endpoint=where,
+                        status=status,
+                    )
                 if status >= 400:
                     raise self._http_error(status, raw, response.headers, where)
         except BackendError:
@@ -221,19 +267,22 @@ class OpenAICompatibleBackend:
         except TimeoutError as error:
             raise RequestTimeout("no complete answer before the timeout", endpoint=where) from error
         except aiohttp.ClientConnectorError as error:
-            raise ConnectionFailed(
-                f"cannot connect ({error.os_error.strerror or error.os_error})", endpoint=where
-            ) from None
+            reason = _clean(str(error.os_error.strerror or error.os_error))
+            raise ConnectionFailed(f"cannot connect ({reason})", endpoint=where) from None
         except aiohttp.ClientPayloadError as error:
-            raise MalformedResponse(f"truncated response body ({error})", endpoint=where) from None
+            raise MalformedResponse(
+                _clean(f"truncated response body ({error})"), endpoint=where
+            ) from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
-            raise ConnectionFailed(f"connection lost ({error})", endpoint=where) from None
+            raise ConnectionFailed(_clean(f"connection lost ({error})"), endpoint=where) from None
         except aiohttp.ClientError as error:
-            raise ConnectionFailed(f"{type(error).__name__}: {error}", endpoint=where) from None
+            raise ConnectionFailed(
+                _clean(f"{type(error).__name__}: {error}"), endpoint=where
+            ) from None
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
-            snippet = raw[:80].decode("utf-8", "replace")
+            snippet = _clean(raw[:80].decode("utf-8", "replace"))
             raise MalformedResponse(
                 f"answer is not JSON ({len(raw)} bytes, starting {snippet!r})", endpoint=where
             ) from None
@@ -285,10 +334,10 @@ class OpenAICompatibleBackend:
             pass
         if self._api_key:
             text = text.replace(self._api_key, "[redacted]")
-        return text[:_ERROR_SNIPPET_CHARS]
+        return _clean(text)[:_ERROR_SNIPPET_CHARS]
 
     def _where(self, path: str) -> str:
-        return f"{self._public_url}{path}"
+        return f"{self._base_url}{path}"
 
     async def complete(self, prompts: Sequence[str], params: SamplingParams) -> list[Completion]:
         """One `/v1/completions` call; a list of prompts when there is more than one."""
@@ -352,9 +401,10 @@ class OpenAICompatibleBackend:
             for i in range(prompt_count)
         ]
 
-    async def list_models(self) -> list[str]:
-        """The model ids the endpoint serves (`/v1/models`)."""
-        payload = await self._request("GET", "/models", None)
+    async def list_models(self, timeout_s: float | None = None) -> list[str]:
+        """The model ids the endpoint serves (`/v1/models`); `timeout_s` bounds this one call
+        (start-up probes use a short one, not the long generation timeout)."""
+        payload = await self._request("GET", "/models", None, timeout_s=timeout_s)
         try:
             return [entry["id"] for entry in payload["data"]]
         except (KeyError, TypeError) as error:
@@ -383,7 +433,7 @@ class OpenAICompatibleBackend:
         last: BackendError | None = None
         while loop.time() < end:
             try:
-                await self.list_models()
+                await self.list_models(timeout_s=max(1.0, min(10.0, end - loop.time())))
                 return
             except (ConnectionFailed, ServerError, RequestTimeout, MalformedResponse) as error:
                 last = error

@@ -48,10 +48,12 @@ from backends.errors import (
     ConnectionFailed,
     GpoError,
     RateLimited,
+    Redirected,
     RequestTimeout,
     UnknownModel,
 )
 from backends.protocol import Backend, Capabilities, Completion, Message, Request, SamplingParams
+from backends.redaction import redact_completions
 from engine.cache import DEFAULT_CLAIM_TTL_S, ClaimPoll, ResponseCache
 from engine.ledger import Ledger
 from engine.rate_limits import AdaptiveWindow, RequestRateLimiter, TokenBucket
@@ -624,6 +626,8 @@ class Engine:
                 self._fail(item, f"unexpected {type(error).__name__}: {error}", "internal")
             self._wake()
             return
+        # Keys the run loaded never enter the cache, a record or a score, even if echoed.
+        completions = redact_completions(completions)
         self._last_success = loop.time()
         latency = self._last_success - started
         self._in_flight -= len(items)
@@ -673,7 +677,7 @@ class Engine:
     # -- failures ------------------------------------------------------------------------------
 
     def _on_error(self, items: list[_Item], error: BackendError) -> None:
-        if isinstance(error, AuthenticationError | UnknownModel):
+        if isinstance(error, AuthenticationError | UnknownModel | Redirected):
             self._stop(RequestFailed(str(error), error.kind, 1, fatal=True), items)
             return
         if not error.retryable:

@@ -4,7 +4,10 @@ Every subcommand module offers `add_parser(subparsers)` and `run(args) -> int`. 
 can cause (`GpoError`) and files that cannot be written (a full or read-only disk) are printed as
 one line naming what and where, with exit status 2; Ctrl-C exits with 130 after the subcommand has
 saved its finished work. API keys are never accepted on the command line, and a key given there
-by mistake is not echoed back in the usage error.
+by mistake is not echoed back in the usage error: a flag whose name speaks of a key, token, secret
+or password (other than the `...-env` and `...-file` ones, spelled out in full) and any value that
+has the shape of a well-known key format are refused before argparse sees them. No parser accepts
+abbreviated flags, so `--scorer-api-key-f sk-...` cannot reach `--scorer-api-key-file`.
 
 Exit status (README "Exit codes"): 0 done; 1 an unexpected error, or a server `gpo serve` started
 exited; 2 bad usage or input, or an endpoint that cannot be used (one error line); 3 stopped by a
@@ -21,19 +24,41 @@ import sys
 from collections.abc import Sequence
 
 from backends.errors import GpoError
+from backends.redaction import has_key_prefix
 from gpo import cli_eval, cli_optimize, cli_report, cli_serve, cli_setup
 
 SUBCOMMANDS = (cli_optimize, cli_eval, cli_report, cli_serve, cli_setup)
-# A flag that looks like it carries a secret itself (not the name of a variable or file holding it).
-_SECRET_FLAG = re.compile(r"^--[\w-]*(api[-_]?key|token|secret|password)(=.*)?$", re.IGNORECASE)
-_SAFE_SECRET_FLAG = re.compile(r"(-env|-file)(=.*)?$")
+# A flag whose name speaks of a secret (word by word, so --budget-tokens is not one), including
+# the beginnings of such names (--scorer-api, --scorer-api-k): abbreviations are not accepted.
+_SECRET_FLAG = re.compile(
+    r"(^|-)(api(-?k(e(y)?)?)?|apikey|token|secret|password|passwd|auth|credentials?)(-|$)"
+)
+# ...unless it names where the secret is kept, spelled out in full.
+_SAFE_SECRET_FLAG = re.compile(r"-(env|file)$")
+
+
+def _secret_flag(argument: str) -> str | None:
+    """The flag, when `argument` is a flag that would carry a secret itself."""
+    if not argument.startswith("--"):
+        return None
+    flag = argument.split("=", 1)[0]
+    name = flag[2:].lower().replace("_", "-")
+    if _SECRET_FLAG.search(name) and not _SAFE_SECRET_FLAG.search(name):
+        return flag
+    return None
 
 
 def refuse_secrets_in_argv(argv: Sequence[str]) -> None:
     """Reject `--api-key sk-...` and the like before argparse can echo the value in an error."""
+    previous = ""
     for argument in argv:
-        if _SECRET_FLAG.match(argument) and not _SAFE_SECRET_FLAG.search(argument):
-            flag = argument.split("=", 1)[0]
+        flag = _secret_flag(argument)
+        named = argument.startswith("--") and "=" in argument
+        if flag is None and has_key_prefix(argument.split("=", 1)[1] if named else argument):
+            # Name the flag the key was given to, never the key.
+            flag = argument.split("=", 1)[0] if named else previous or "a value"
+        previous = argument if argument.startswith("--") and "=" not in argument else ""
+        if flag is not None:
             print(
                 f"gpo: error: {flag}: API keys are not accepted on the command line (they would "
                 "show in the process list and shell history); put the key in an environment "
@@ -44,10 +69,20 @@ def refuse_secrets_in_argv(argv: Sequence[str]) -> None:
             raise SystemExit(2)
 
 
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """`allow_abbrev=False` on `parser` and every subparser below it."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _no_abbreviations(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpo",
         description="GPO prompt optimisation and fast prompt evaluation on an async engine.",
+        allow_abbrev=False,
     )
     parser.add_argument(
         "--log-level",
@@ -61,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_parser(subparsers)
         for name in set(subparsers.choices) - before:
             subparsers.choices[name].set_defaults(run=module.run)
+    _no_abbreviations(parser)
     return parser
 
 

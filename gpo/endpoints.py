@@ -7,7 +7,14 @@ stopped at the end. All engines of a run share one response cache and one ledger
 
 API keys are read from an environment variable (`--ROLE-api-key-env`, default OPENAI_API_KEY) or
 a file (`--ROLE-api-key-file`), never from the command line, so they stay out of shell history,
-process listings and the run directory.
+process listings and the run directory. A value given to `--ROLE-api-key-env` that is not a
+variable name, or to `--ROLE-api-key-file` that names no file and looks like a key, is refused
+without being echoed.
+
+Before any work, each endpoint is probed (`/v1/models`) with a short timeout of its own
+(`GPO_PROBE_TIMEOUT_S`, default 15 s a try, 3 tries), not the long generation timeout: a server
+that accepts connections and never answers is reported within a minute, with "waiting for URL"
+notices on stderr meanwhile.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+import sys
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +37,13 @@ from backends.errors import (
     ConfigError,
     ConnectionFailed,
     MalformedResponse,
+    Redirected,
     RequestTimeout,
     ServerError,
 )
 from backends.openai_client import OpenAICompatibleBackend
 from backends.protocol import Backend, Capabilities
+from backends.redaction import is_env_var_name, looks_like_key
 from engine.cache import ResponseCache
 from engine.engine import Engine, EngineConfig
 from engine.ledger import Ledger
@@ -43,6 +53,37 @@ from gpo.user_text import read_text_file
 logger = logging.getLogger(__name__)
 
 ROLES = ("scorer", "optimizer")
+PROBE_TIMEOUT_ENV = "GPO_PROBE_TIMEOUT_S"
+DEFAULT_PROBE_TIMEOUT_S = 15.0
+PROBE_ATTEMPTS = 3
+_NOTICE_EVERY_S = 5.0
+
+
+class _KeyEnvAction(argparse.Action):
+    """`--ROLE-api-key-env NAME`: a variable name, never a key (which is refused unechoed)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        if not is_env_var_name(str(values)):
+            parser.error(
+                f"{option}: the value is not an environment variable name (not shown, in case "
+                "it is a key); give the NAME of the variable that holds the key, e.g. "
+                "OPENAI_API_KEY"
+            )
+        setattr(namespace, self.dest, values)
+
+
+class _KeyFileAction(argparse.Action):
+    """`--ROLE-api-key-file PATH`: a file that must exist; a missing one that looks like a key
+    is refused without being echoed (it would otherwise reach config.json and the error)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        path = Path(values)
+        if not path.exists():  # a pipe (<(pass show key)) is fine too
+            shown = f"{path}" if not looks_like_key(str(path)) else "the value (not shown: a key?)"
+            parser.error(
+                f"{option}: {shown} does not exist; give the path of a file holding the key"
+            )
+        setattr(namespace, self.dest, path)
 
 
 def add_endpoint_arguments(parser: argparse.ArgumentParser, role: str) -> None:
@@ -70,10 +111,15 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser, role: str) -> None:
         f"--{role}-api-key-env",
         metavar="VAR",
         default="OPENAI_API_KEY",
+        action=_KeyEnvAction,
         help="environment variable holding the API key (default OPENAI_API_KEY)",
     )
     group.add_argument(
-        f"--{role}-api-key-file", metavar="PATH", type=Path, help="file holding the API key"
+        f"--{role}-api-key-file",
+        metavar="PATH",
+        type=Path,
+        action=_KeyFileAction,
+        help="file holding the API key",
     )
     group.add_argument(
         f"--{role}-concurrency",
@@ -172,9 +218,15 @@ _non_negative_float = _number(float, 0, True, "number")
 def read_api_key(args: argparse.Namespace, role: str) -> str | None:
     key_file: Path | None = getattr(args, f"{role}_api_key_file", None)
     if key_file is not None:
-        key = read_text_file(key_file, f"--{role}-api-key-file", secret=True).strip()
+        shown = "the file" if looks_like_key(str(key_file)) else key_file
+        try:
+            key = read_text_file(Path(key_file), f"--{role}-api-key-file", secret=True).strip()
+        except ConfigError:
+            if shown != key_file:
+                raise ConfigError(f"--{role}-api-key-file: cannot read the file") from None
+            raise
         if not key:
-            raise ConfigError(f"--{role}-api-key-file: {key_file} is empty")
+            raise ConfigError(f"--{role}-api-key-file: {shown} is empty")
         return key
     return os.environ.get(getattr(args, f"{role}_api_key_env", "OPENAI_API_KEY") or "") or None
 
@@ -202,26 +254,75 @@ def _engine_config(args: argparse.Namespace, role: str, capabilities: Capabiliti
     )
 
 
+def probe_timeout_s() -> float:
+    """Seconds one start-up probe waits for an answer (`GPO_PROBE_TIMEOUT_S`, default 15)."""
+    text = os.environ.get(PROBE_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_PROBE_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{PROBE_TIMEOUT_ENV}={text!r}: must be a positive number of seconds")
+    return value
+
+
+def _notice(text: str) -> None:
+    print(f"gpo: {text}", file=sys.stderr, flush=True)
+
+
+async def _with_notices(call: Awaitable[Any], url: str, started: float, timeout_s: float) -> Any:
+    """Await `call`, saying every few seconds that it waits; a `RequestTimeout` if it has not
+    ended a little after `timeout_s` (its own timeout should have ended it by then)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(call)
+    try:
+        for _ in range(int(timeout_s / _NOTICE_EVERY_S) + 2):
+            done, _ = await asyncio.wait({task}, timeout=_NOTICE_EVERY_S)
+            if done:
+                return task.result()
+            _notice(f"waiting for {url} ({loop.time() - started:.0f} s)")
+        raise RequestTimeout(f"no answer within {timeout_s:g} s", endpoint=url)
+    finally:
+        task.cancel()
+
+
 async def served_models(
-    backend: OpenAICompatibleBackend, role: str, attempts: int = 3
+    backend: OpenAICompatibleBackend,
+    role: str,
+    attempts: int = PROBE_ATTEMPTS,
+    timeout_s: float | None = None,
 ) -> list[str] | None:
-    """The models the endpoint lists, trying a few times before calling it unreachable; None
-    when it does not list models (some hosted APIs do not)."""
+    """The models the endpoint lists, trying a few times (each try bounded by the probe
+    timeout) before calling it unreachable; None when it does not list models (some hosted
+    APIs do not)."""
+    timeout_s = probe_timeout_s() if timeout_s is None else timeout_s
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    url = backend.base_url
     last: BackendError | None = None
     for attempt in range(attempts):
         try:
-            return await backend.list_models()
+            return await _with_notices(
+                backend.list_models(timeout_s=timeout_s), url, started, timeout_s
+            )
         except (ConnectionFailed, ServerError, RequestTimeout, MalformedResponse) as error:
             last = error
             if attempt + 1 < attempts:
+                _notice(
+                    f"waiting for {url} ({loop.time() - started:.0f} s; try {attempt + 1} of "
+                    f"{attempts}: {error})"
+                )
                 await asyncio.sleep(0.5 * 2**attempt)
         except ClientRequestError as error:
-            if isinstance(error, AuthenticationError):
+            if isinstance(error, AuthenticationError | Redirected):
                 raise
             return None
     raise ConfigError(
-        f"--{role}-url {backend.base_url}: the server cannot be reached after {attempts} "
-        f"attempts ({last})"
+        f"--{role}-url {url}: the server cannot be reached after {attempts} attempts in "
+        f"{loop.time() - started:.0f} s ({last}); each try waits {timeout_s:g} s "
+        f"(set {PROBE_TIMEOUT_ENV} to change it)"
     )
 
 

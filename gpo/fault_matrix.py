@@ -691,6 +691,7 @@ def render_table(outcomes: Sequence[CellOutcome], settings: MatrixSettings) -> A
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m gpo.fault_matrix",
+        allow_abbrev=False,
         description="Run a scoring evaluation under every fault kind of the simulated server and "
         "check it against a fault-free run. Exit status 1 if any cell loses a sample silently, "
         "hangs or retries without bound.",

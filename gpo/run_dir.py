@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from backends.errors import ConfigError
+from backends.redaction import has_key_prefix, looks_like_key, redact_known, scrub_text
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
@@ -56,20 +57,27 @@ _SECRET_VALUE = re.compile(r"^(sk-|Bearer\s)", re.IGNORECASE)
 def scrub_secrets(value: Any) -> Any:
     """A copy of `value` with secret-looking keys dropped and key-looking strings redacted.
 
-    A key that names an environment variable (ending in `_env`) is kept: it is not a secret.
+    A key that names an environment variable (ending in `_env`) or a key file (`_file`) is kept:
+    it is not a secret, unless its value is a key given there by mistake. URLs lose their
+    userinfo and the values of credential-like query parameters, wherever they appear in a text.
     """
     if isinstance(value, Mapping):
         clean = {}
         for key, item in value.items():
-            name = str(key)
-            if _SECRET_KEY.search(name) and not name.lower().endswith("_env"):
+            name = str(key).lower()
+            if _SECRET_KEY.search(name) and not name.endswith("_env"):
                 continue
-            clean[name] = scrub_secrets(item)
+            if name.endswith(("_env", "_file")) and isinstance(item, str) and looks_like_key(item):
+                clean[str(key)] = "<redacted>"
+                continue
+            clean[str(key)] = scrub_secrets(item)
         return clean
     if isinstance(value, (list, tuple)):
         return [scrub_secrets(item) for item in value]
-    if isinstance(value, str) and _SECRET_VALUE.match(value):
-        return "<redacted>"
+    if isinstance(value, str):
+        if _SECRET_VALUE.match(value) or has_key_prefix(value):
+            return "<redacted>"
+        return redact_known(scrub_text(value))
     return value
 
 

@@ -62,6 +62,7 @@ _FAULT_FLAGS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m backends.simulated",
+        allow_abbrev=False,
         description="A simulated vLLM-like OpenAI-compatible server (loopback only).",
     )
     add = parser.add_argument
