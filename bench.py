@@ -355,6 +355,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--url needs --model NAME")
     if args.repeat is not None and args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.contenders:
+        unknown = [c.strip() for c in args.contenders.split(",") if c.strip() not in CONTENDERS]
+        if unknown:
+            parser.error(
+                f"--contenders: unknown {', '.join(unknown)}; known: {', '.join(CONTENDERS)}"
+            )
     return args
 
 

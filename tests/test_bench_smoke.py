@@ -130,3 +130,17 @@ def test_extrapolation_scales_totals_from_a_prefix() -> None:
     assert row.http_requests == 200
     assert row.time_vs_engine == pytest.approx(16.0)
     assert row.percent_of_limit == pytest.approx(12.5)
+
+
+def test_an_unknown_contender_is_a_clear_error() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench.py"), "--smoke", "--contenders", "lm-evall"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 2, completed.stdout[-2000:]
+    assert "--contenders: unknown lm-evall" in completed.stderr
+    assert "== W1" not in completed.stdout  # nothing was measured
