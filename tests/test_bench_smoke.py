@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
-import bench
+from perf.reports import COLUMNS
+from perf.results import summarise_runs
+from perf.scales import SCALES
+from perf.worker import RunResult
+from perf.workloads import build_workloads, candidate_prompts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ROW_FIELDS = {
@@ -59,14 +63,14 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict, str]
 @pytest.mark.slow
 def test_every_workload_has_a_table_with_every_contender(smoke_run: tuple[str, dict, str]) -> None:
     stdout, payload, _ = smoke_run
-    workloads = bench.build_workloads(bench.SCALES["smoke"])
+    workloads = build_workloads(SCALES["smoke"])
     reported = {report["key"]: report for report in payload["workloads"]}
     assert set(reported) == set(workloads)
     for key, workload in workloads.items():
         names = [row["contender"] for row in reported[key]["rows"]]
-        assert names == bench.contenders_for(workload), key
+        assert names == list(workload.contenders), key
         assert f"== {key}: " in stdout
-    header_names = [name for name, _ in bench.COLUMNS]
+    header_names = [name for name, _ in COLUMNS]
     for line in stdout.splitlines():
         if line.strip().startswith("contender"):
             assert line.split() == " ".join(header_names).split()
@@ -102,7 +106,7 @@ def test_bar_and_markdown(smoke_run: tuple[str, dict, str]) -> None:
 
 
 def test_workload_shapes_follow_the_issue() -> None:
-    workloads = bench.build_workloads(bench.SCALES["full"], full=True)
+    workloads = build_workloads(SCALES["full"], full=True)
     assert workloads["W1"].scored_prompts == 8 * 48
     w2 = workloads["W2"]
     assert len(w2.rounds) == 1 + 18 + 1 and w2.rounds[-1].split == "test"
@@ -112,17 +116,31 @@ def test_workload_shapes_follow_the_issue() -> None:
         100_000,
         1_000_000,
     ]
-    prompts = bench.candidate_prompts(200)
+    prompts = candidate_prompts(200)
     assert len(set(prompts)) == 200
 
 
 def test_extrapolation_scales_totals_from_a_prefix() -> None:
-    run = bench.RunResult(
+    run = RunResult(
         "sequential", "W1", 100, 25, 2.0, 0.5, 1.0, "test", 50, 0, 50, 0, 0, 0, 50, [None] * 100
     )
-    row = bench.summarise_runs("sequential", [run], limit_s=1.0, engine_wall_s=0.5, answers="x")
+    row = summarise_runs("sequential", [run], limit_s=1.0, engine_wall_s=0.5, answers="x")
     assert row.extrapolated
     assert row.wall_s == pytest.approx(8.0)
     assert row.http_requests == 200
     assert row.time_vs_engine == pytest.approx(16.0)
     assert row.percent_of_limit == pytest.approx(12.5)
+
+
+def test_an_unknown_contender_is_a_clear_error() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench.py"), "--smoke", "--contenders", "lm-evall"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 2, completed.stdout[-2000:]
+    assert "--contenders: unknown lm-evall" in completed.stderr
+    assert "== W1" not in completed.stdout  # nothing was measured

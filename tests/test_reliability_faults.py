@@ -1,7 +1,7 @@
 """The fault matrix, reduced: every fault kind of the simulated server at a low and a high rate,
 500 requests per cell with short client timeouts, each cell checked record by record against a
 fault-free run (no silent loss, no hang, bounded retries). The full 10,000-request matrix is
-`python -m gpo.fault_matrix`. Also: the checker itself catches a lost or altered record, a
+`python -m perf.fault_matrix`. Also: the checker itself catches a lost or altered record, a
 server too broken for the retry budget ends with failures marked and counted, not dropped, and a
 request that no rate limit can ever admit fails at once instead of retrying for hours."""
 
@@ -19,20 +19,17 @@ from backends.protocol import Completion, Request, SamplingParams
 from backends.simulated import FaultRates, RateLimits, SimulatedServer, SimulatedServerConfig
 from benchmarks import Task, load_task
 from engine.engine import Engine, EngineConfig, RequestFailed
-from gpo.fault_matrix import (
+from perf.fault_cells import (
     FAULT_KINDS,
     HIGH,
     LOW,
     REFERENCE_CELL,
     FaultCell,
     MatrixSettings,
-    Reference,
     judge,
-    plan,
-    run_cell,
-    run_evaluation,
-    run_reference,
 )
+from perf.fault_matrix import Reference, run_cell, run_reference
+from perf.fault_run import plan, run_evaluation
 from tests.gpo_fakes import DATA_DIR
 
 SETTINGS = MatrixSettings(

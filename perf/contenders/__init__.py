@@ -1,0 +1,25 @@
+"""The contenders: one module per dispatch pattern (this project's engine and the patterns peers
+use), each defining its `CONTENDER`; `CONTENDERS` is the registry, by name, in table order."""
+
+from __future__ import annotations
+
+from perf.contenders import (
+    async_openai,
+    cookbook,
+    dspy_threads,
+    engine,
+    gpo_vllm,
+    lm_eval,
+    sequential,
+)
+from perf.contenders.base import Contender, RunContext, Transcript
+
+REFERENCE = "engine"
+"""The contender every other is compared with; it always runs its whole workload."""
+
+CONTENDERS: dict[str, Contender] = {
+    module.CONTENDER.name: module.CONTENDER
+    for module in (engine, sequential, gpo_vllm, dspy_threads, lm_eval, async_openai, cookbook)
+}
+
+__all__ = ["CONTENDERS", "REFERENCE", "Contender", "RunContext", "Transcript"]
