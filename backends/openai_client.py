@@ -40,8 +40,19 @@ from backends.errors import (
     ServerError,
     UnknownModel,
 )
+<<<<<<< HEAD
 from backends.protocol import PURPOSE_HEADER, Capabilities, Completion, Message, SamplingParams
 from backends.redaction import redact_known, remember_secret, scrub_text, scrub_url, url_password
+=======
+from backends.protocol import (
+    PURPOSE_HEADER,
+    Capabilities,
+    Completion,
+    Embeddings,
+    Message,
+    SamplingParams,
+)
+>>>>>>> h/embed
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 _ERROR_SNIPPET_CHARS = 300
@@ -412,19 +423,26 @@ class OpenAICompatibleBackend:
                 f"model list lacks data[].id ({error})", endpoint=self._where("/models")
             ) from None
 
-    async def embed(self, texts: Sequence[str], model: str | None = None) -> list[list[float]]:
-        """Embeddings from `/v1/embeddings`, in input order."""
+    async def embed(self, texts: Sequence[str], model: str | None = None) -> Embeddings:
+        """One `/v1/embeddings` call: a vector per text, in input order, and the usage."""
         payload = await self._request(
             "POST", "/embeddings", {"model": model or self._model, "input": list(texts)}
         )
         try:
             rows = sorted(payload["data"], key=lambda row: row.get("index", 0))
-            return [row["embedding"] for row in rows]
-        except (KeyError, TypeError) as error:
+            vectors = [row["embedding"] for row in rows]
+            prompt_tokens = int((payload.get("usage") or {}).get("prompt_tokens") or 0)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise MalformedResponse(
-                f"embedding answer lacks data[].embedding ({error})",
+                f"embedding answer lacks data[].embedding ({type(error).__name__}: {error})",
                 endpoint=self._where("/embeddings"),
             ) from None
+        if len(vectors) != len(texts):
+            raise MalformedResponse(
+                f"expected {len(texts)} embeddings, got {len(vectors)}",
+                endpoint=self._where("/embeddings"),
+            )
+        return Embeddings(vectors, prompt_tokens)
 
     async def wait_until_ready(self, deadline_s: float = 60.0) -> None:
         """Poll `/v1/models` until it answers; a clear error when the deadline passes."""

@@ -4,6 +4,9 @@ A `Request` is one generation: a chat (`messages`) or a plain completion (`promp
 sampling settings. A backend turns requests into `Completion`s and knows nothing of caching,
 retries or limits; those are the engine's policy.
 
+An endpoint that serves embeddings too (`EmbeddingBackend`) answers a list of texts with
+`Embeddings`: one vector per text, in input order, and the server's prompt-token usage.
+
 A request may say what kind of answer it asks for (`SamplingParams.purpose`, one of `Purpose`):
 the optimizer labels its meta-prompts so, and the HTTP client sends the label as the
 `X-GPO-Purpose` header. Real servers ignore it; a server that imitates a model (the simulated
@@ -98,6 +101,14 @@ class Completion:
 
 
 @dataclass(frozen=True, slots=True)
+class Embeddings:
+    """One `/v1/embeddings` answer: a vector per input text, in input order, and its usage."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Capabilities:
     """What an endpoint accepts, so the engine can choose how to send work.
 
@@ -140,3 +151,11 @@ class Backend(Protocol):
     async def chat(self, messages: Sequence[Message], params: SamplingParams) -> Completion: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class EmbeddingBackend(Protocol):
+    """A backend whose endpoint also serves `/v1/embeddings`. `embed` sends one HTTP call and
+    raises `backends.errors.BackendError` subclasses on failure, like `Backend.complete`."""
+
+    async def embed(self, texts: Sequence[str], model: str | None = None) -> Embeddings: ...

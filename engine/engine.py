@@ -17,6 +17,8 @@ decides how the work reaches the server:
   pauses all dispatch until the server's reset. A call refused as invalid (4xx) is split so that
   one bad prompt cannot sink the others, and that prompt fails once, without retries. A request
   that finally fails raises `RequestFailed` with its reason; nothing is dropped silently.
+- `Engine.embed(texts)` sends one `/v1/embeddings` call under the same rules (`RetryPolicy`,
+  the same pause on `Retry-After`, the same fatal errors) and counts it in the ledger.
 - Some failures condemn the endpoint, not one request: credentials refused, a model the server
   does not serve, a server that cannot be reached once retries are spent, answers that cannot be
   saved to the cache. The first one stops the engine: it is raised as a `RequestFailed` with
@@ -45,6 +47,7 @@ from backends.chat_template import get_chat_template
 from backends.errors import (
     AuthenticationError,
     BackendError,
+    ConfigError,
     ConnectionFailed,
     GpoError,
     RateLimited,
@@ -52,8 +55,21 @@ from backends.errors import (
     RequestTimeout,
     UnknownModel,
 )
+<<<<<<< HEAD
 from backends.protocol import Backend, Capabilities, Completion, Message, Request, SamplingParams
 from backends.redaction import redact_completions
+=======
+from backends.protocol import (
+    Backend,
+    Capabilities,
+    Completion,
+    EmbeddingBackend,
+    Embeddings,
+    Message,
+    Request,
+    SamplingParams,
+)
+>>>>>>> h/embed
 from engine.cache import DEFAULT_CLAIM_TTL_S, ClaimPoll, ResponseCache
 from engine.ledger import Ledger
 from engine.rate_limits import AdaptiveWindow, RequestRateLimiter, TokenBucket
@@ -162,6 +178,52 @@ class _Item:
         self.failing_since: float | None = None
 
 
+class RetryPolicy:
+    """When a failed call is tried again, and after how long: one set of rules for every call
+    the engine sends (generation and embeddings alike).
+
+    - Credentials refused or a model the server does not serve condemn the endpoint (`fatal`).
+    - Other errors that retrying cannot fix (`retryable` false) fail at once.
+    - A 429 waits at least the server's `Retry-After`, plus up to half again as jitter so that a
+      window of refused calls does not come back together; without it, and for every other
+      error, exponential backoff with jitter. 429s have their own, larger bound on retries.
+
+    Only decisions over an `EngineConfig` and a seeded random stream: no engine state.
+    """
+
+    def __init__(self, config: EngineConfig, rng: random.Random) -> None:
+        self.config = config
+        self.rng = rng
+
+    @staticmethod
+    def is_fatal(error: BackendError) -> bool:
+        """The endpoint itself is unusable: no later request can succeed either."""
+        return isinstance(error, AuthenticationError | UnknownModel)
+
+    def spent(self, error: BackendError, attempts: int, rate_limited: int) -> bool:
+        """Whether the retries are used up; `attempts` and `rate_limited` count this failure."""
+        if isinstance(error, RateLimited):
+            return rate_limited > self.config.max_rate_limited_retries
+        return attempts > self.config.max_retries
+
+    def delay(self, error: BackendError, earlier: int) -> float:
+        """Seconds before the next try; `earlier`: failures of the same sort (429s or not)
+        before this one."""
+        retry_after = error.retry_after if isinstance(error, RateLimited) else None
+        if retry_after is not None:
+            return retry_after * (1.0 + 0.5 * self.rng.random())
+        return self.backoff(earlier)
+
+    def backoff(self, attempts: int) -> float:
+        """Exponential backoff with jitter: uniform in [c/2, c], c = min(max, base * 2**attempts).
+
+        Jitter spreads the retries of a burst of failed calls; the lower half is cut off so that
+        a retry never comes back almost at once to a server that just failed.
+        """
+        ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * (2**attempts))
+        return self.rng.uniform(ceiling / 2, ceiling)
+
+
 _QueueKey = tuple[int, SamplingParams, bool]
 
 
@@ -216,6 +278,7 @@ class Engine:
         self._calls: set[asyncio.Task[None]] = set()
         self._paused_until = 0.0
         self._random = random.Random(self.config.seed)
+        self._retry = RetryPolicy(self.config, self._random)
         self._closed = False
         self.http_calls = 0
         self._use_claims = cache is not None and self.config.share_cache_claims
@@ -356,6 +419,101 @@ class Engine:
             workers = min(workers, len(requests))
         await asyncio.gather(*(worker() for _ in range(workers)))
         return results  # type: ignore[return-value]
+
+    async def embed(
+        self, texts: Sequence[str], *, model: str | None = None, phase: str = "embedding"
+    ) -> Embeddings:
+        """One `/v1/embeddings` call for `texts`, retried under the same `RetryPolicy` as
+        generation calls (and paused by the same `Retry-After`); its usage goes to the ledger
+        under `phase`. Raises `RequestFailed` (`fatal` for an endpoint failure, which stops the
+        engine as it does for `generate`) or `BudgetExhausted`.
+
+        Not queued, batched or cached here: a vector is not a `Completion`, so callers send one
+        batch per call and keep their own vector cache (gpo's `CachedEmbedder` does).
+        """
+        backend = self.backend
+        if not isinstance(backend, EmbeddingBackend):
+            raise ConfigError(f"the endpoint {self._identity} does not serve embeddings")
+        name = model or self._model
+        loop = asyncio.get_running_loop()
+        attempts = rate_limited = 0
+        failing_since = loop.time()
+        tokens = sum(len(text) for text in texts) / 4
+        while True:  # bounded: every turn returns, raises or counts a failure towards the bound
+            if self._fatal is not None:
+                raise self._fatal
+            if self._closed:
+                raise RequestFailed("the engine is closed", "closed", attempts + rate_limited)
+            reason = self.budget_exhausted()
+            if reason is not None:
+                raise BudgetExhausted(reason)
+            pause = self._paused_until - loop.time()
+            if pause > 0:
+                await asyncio.sleep(pause)
+                continue
+            if self._rpm is not None:
+                await self._rpm.acquire()
+            if self._tpm is not None:
+                await self._tpm.acquire(tokens)
+            started = loop.time()
+            try:
+                answer = await backend.embed(texts, model)
+            except BackendError as error:
+                if isinstance(error, RateLimited):
+                    rate_limited += 1
+                    if self._tpm is not None:
+                        self._tpm.give_back(tokens)
+                else:
+                    attempts += 1
+                outcome = self._after_embed_error(
+                    error, attempts, rate_limited, failing_since, name, phase
+                )
+                if isinstance(outcome, RequestFailed):
+                    raise outcome from error
+                await asyncio.sleep(outcome)
+                continue
+            self._last_success = loop.time()
+            self.http_calls += 1
+            self.window.on_success(1)
+            self.ledger.record_call(name, phase, self._last_success - started)
+            self.ledger.record_answer(name, phase, answer.prompt_tokens, 0)
+            return answer
+
+    def _after_embed_error(
+        self,
+        error: BackendError,
+        attempts: int,
+        rate_limited: int,
+        failing_since: float,
+        model: str,
+        phase: str,
+    ) -> float | RequestFailed:
+        """The seconds to wait before trying an embedding call again, or the failure to raise:
+        the decisions `_on_error` makes for generation calls. `attempts` and `rate_limited`
+        count this failure."""
+        tries = attempts + rate_limited
+        fatal = self._retry.is_fatal(error)
+        spent = error.retryable and self._retry.spent(error, attempts, rate_limited)
+        if spent and isinstance(error, ConnectionFailed) and self._last_success < failing_since:
+            # Not one call got through while this one spent its retries: the endpoint is gone.
+            error_reason, fatal = f"the endpoint is unreachable: {error}", True
+        else:
+            error_reason = str(error)
+        if fatal:
+            self._stop(RequestFailed(error_reason, error.kind, tries, fatal=True))
+            self.ledger.record_failure(model, phase, error.kind)
+            assert self._fatal is not None
+            return self._fatal
+        if not error.retryable or spent:
+            self.ledger.record_failure(model, phase, error.kind)
+            return RequestFailed(error_reason, error.kind, tries)
+        self._on_congestion(error)
+        rate_limited_now = isinstance(error, RateLimited)
+        self.ledger.record_retry(model, phase, rate_limited_now)
+        earlier = rate_limited - 1 if rate_limited_now else attempts - 1
+        delay = self._retry.delay(error, earlier)
+        logger.debug("retrying an embedding call in %.2f s after: %s", delay, error)
+        return delay
 
     @property
     def queued(self) -> int:
@@ -677,7 +835,11 @@ class Engine:
     # -- failures ------------------------------------------------------------------------------
 
     def _on_error(self, items: list[_Item], error: BackendError) -> None:
+<<<<<<< HEAD
         if isinstance(error, AuthenticationError | UnknownModel | Redirected):
+=======
+        if self._retry.is_fatal(error):
+>>>>>>> h/embed
             self._stop(RequestFailed(str(error), error.kind, 1, fatal=True), items)
             return
         if not error.retryable:
@@ -692,23 +854,11 @@ class Engine:
                 self._fail(item, str(error), error.kind)
             return
         rate_limited = isinstance(error, RateLimited)
-        if rate_limited:
-            self.window.on_congestion()
-        elif isinstance(error, RequestTimeout) and self.window.size > self.window.maximum // 4:
-            # A timeout is overload or a call the server dropped on the floor; the second is no
-            # reason to starve the server, so timeouts alone keep a quarter of the window.
-            self.window.on_congestion()
+        self._on_congestion(error)
         loop = asyncio.get_running_loop()
-        if rate_limited and error.retry_after is not None:  # type: ignore[union-attr]
-            # The server said when: wait that long, plus jitter so the retries of a whole
-            # window of refused calls do not arrive together and be refused again.
-            retry_after: float = error.retry_after  # type: ignore[union-attr]
-            delay = retry_after * (1.0 + 0.5 * self._random.random())
-            self._paused_until = max(self._paused_until, loop.time() + retry_after)
-        elif rate_limited:
-            delay = self._backoff(max(item.rate_limited for item in items))
-        else:
-            delay = self._backoff(max(item.attempts for item in items))
+        delay = self._retry.delay(
+            error, max(item.rate_limited if rate_limited else item.attempts for item in items)
+        )
         if rate_limited and self._tpm is not None:
             self._tpm.give_back(self._estimate_tokens(items, items[0].request.params))
         retry: list[_Item] = []
@@ -720,10 +870,9 @@ class Engine:
             # bound, so a long storm ends with answers while a broken server still ends.
             if rate_limited:
                 item.rate_limited += 1
-                exhausted = item.rate_limited > self.config.max_rate_limited_retries
             else:
                 item.attempts += 1
-                exhausted = item.attempts > self.config.max_retries
+            exhausted = self._retry.spent(error, item.attempts, item.rate_limited)
             if (
                 exhausted
                 and isinstance(error, ConnectionFailed)
@@ -759,14 +908,18 @@ class Engine:
         for item in items:
             self._enqueue(item)
 
-    def _backoff(self, attempts: int) -> float:
-        """Exponential backoff with jitter: uniform in [c/2, c], c = min(max, base * 2**attempts).
-
-        Jitter spreads the retries of a burst of failed calls; the lower half is cut off so that
-        a retry never comes back almost at once to a server that just failed.
-        """
-        ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * (2**attempts))
-        return self._random.uniform(ceiling / 2, ceiling)
+    def _on_congestion(self, error: BackendError) -> None:
+        """Shrink the window on a 429, or on a timeout; pause all calls until `Retry-After`."""
+        if isinstance(error, RateLimited):
+            self.window.on_congestion()
+            if error.retry_after is not None:
+                # The server said when: no call is sent before then.
+                until = asyncio.get_running_loop().time() + error.retry_after
+                self._paused_until = max(self._paused_until, until)
+        elif isinstance(error, RequestTimeout) and self.window.size > self.window.maximum // 4:
+            # A timeout is overload or a call the server dropped on the floor; the second is no
+            # reason to starve the server, so timeouts alone keep a quarter of the window.
+            self.window.on_congestion()
 
     def _stop(self, error: RequestFailed, items: Sequence[_Item] = ()) -> None:
         """The endpoint is unusable: fail `items`, everything queued or parked, and every later

