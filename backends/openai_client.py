@@ -40,10 +40,6 @@ from backends.errors import (
     ServerError,
     UnknownModel,
 )
-<<<<<<< HEAD
-from backends.protocol import PURPOSE_HEADER, Capabilities, Completion, Message, SamplingParams
-from backends.redaction import redact_known, remember_secret, scrub_text, scrub_url, url_password
-=======
 from backends.protocol import (
     PURPOSE_HEADER,
     Capabilities,
@@ -52,7 +48,7 @@ from backends.protocol import (
     Message,
     SamplingParams,
 )
->>>>>>> h/embed
+from backends.redaction import redact_known, remember_secret, scrub_text, scrub_url, url_password
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 _ERROR_SNIPPET_CHARS = 300

@@ -55,10 +55,6 @@ from backends.errors import (
     RequestTimeout,
     UnknownModel,
 )
-<<<<<<< HEAD
-from backends.protocol import Backend, Capabilities, Completion, Message, Request, SamplingParams
-from backends.redaction import redact_completions
-=======
 from backends.protocol import (
     Backend,
     Capabilities,
@@ -69,7 +65,7 @@ from backends.protocol import (
     Request,
     SamplingParams,
 )
->>>>>>> h/embed
+from backends.redaction import redact_completions
 from engine.cache import DEFAULT_CLAIM_TTL_S, ClaimPoll, ResponseCache
 from engine.ledger import Ledger
 from engine.rate_limits import AdaptiveWindow, RequestRateLimiter, TokenBucket
@@ -198,7 +194,7 @@ class RetryPolicy:
     @staticmethod
     def is_fatal(error: BackendError) -> bool:
         """The endpoint itself is unusable: no later request can succeed either."""
-        return isinstance(error, AuthenticationError | UnknownModel)
+        return isinstance(error, AuthenticationError | UnknownModel | Redirected)
 
     def spent(self, error: BackendError, attempts: int, rate_limited: int) -> bool:
         """Whether the retries are used up; `attempts` and `rate_limited` count this failure."""
@@ -835,11 +831,7 @@ class Engine:
     # -- failures ------------------------------------------------------------------------------
 
     def _on_error(self, items: list[_Item], error: BackendError) -> None:
-<<<<<<< HEAD
-        if isinstance(error, AuthenticationError | UnknownModel | Redirected):
-=======
         if self._retry.is_fatal(error):
->>>>>>> h/embed
             self._stop(RequestFailed(str(error), error.kind, 1, fatal=True), items)
             return
         if not error.retryable:
