@@ -360,7 +360,12 @@ async def open_engines(
                 )
             else:
                 urls = getattr(args, f"{role}_url", None) or [os.environ["OPENAI_BASE_URL"]]
-                backends = [await _http_backend(args, role, url, Capabilities()) for url in urls]
+                # A resumed run whose endpoint moved keeps the old URLs' cache identities.
+                identities = getattr(args, f"{role}_url_identities", None) or [None] * len(urls)
+                backends = [
+                    await _http_backend(args, role, url, Capabilities(), identity=identity)
+                    for url, identity in zip(urls, identities, strict=True)
+                ]
                 if len(backends) == 1:
                     backend = backends[0]
                 else:
