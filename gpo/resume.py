@@ -136,12 +136,14 @@ def url_identity(url: str) -> str:
     return f"openai-compatible|{redact_url(url.rstrip('/'))}"
 
 
-def url_identities(stored: Mapping[str, Any], merged: argparse.Namespace, role: str) -> Any:
+def url_identities(
+    stored: Mapping[str, Any], merged: argparse.Namespace, role: str
+) -> list[str] | None:
     """The cache identities of `role`'s URLs now: the old URLs' ones when the URLs changed, one
     for one, so the cache keys stay the run's; None when there is nothing to keep."""
     old: Sequence[str] | None = stored.get(f"{role}_url")
     new: Sequence[str] | None = getattr(merged, f"{role}_url", None)
-    kept = stored.get(f"{role}_url_identities")
+    kept: list[str] | None = stored.get(f"{role}_url_identities")
     if not old or not new:
         return None
     if list(old) == list(new):
