@@ -30,7 +30,13 @@ from benchmarks import (
 from benchmarks.layout import POSITIONS
 from engine.evaluator import EvaluatorSettings
 from engine.event_loop import run as run_async
-from gpo.endpoints import add_endpoint_arguments, add_shared_arguments, open_engines
+from gpo.endpoints import (
+    MAX_TOKENS,
+    BoundedNumber,
+    add_endpoint_arguments,
+    add_shared_arguments,
+    open_engines,
+)
 from gpo.eval_job import EvalJob, check_out_dir, ensure_writable_dir, fresh_dir, run_eval_job
 from gpo.user_text import check_arguments, read_text_file
 
@@ -72,7 +78,12 @@ def add_parser(subparsers: Any) -> None:
         choices=["train", "eval", "test"],
         help="split(s) to score (default test)",
     )
-    parser.add_argument("--limit", type=int, metavar="N", help="first N samples of each split")
+    parser.add_argument(
+        "--limit",
+        type=BoundedNumber(int, 1, 10_000_000),
+        metavar="N",
+        help="first N samples of each split",
+    )
     parser.add_argument("--data-dir", metavar="PATH", help="benchmark data folder")
     parser.add_argument(
         "--out",
@@ -99,17 +110,23 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="plain completion scorer (no chat turns, parsed from one answer)",
     )
-    parser.add_argument("--shots", type=int, default=0, metavar="K", help="k-shot demonstrations")
+    parser.add_argument(
+        "--shots",
+        type=BoundedNumber(int, 0, 1_000),
+        default=0,
+        metavar="K",
+        help="k-shot demonstrations",
+    )
     parser.add_argument(
         "--max-tokens",
-        type=int,
+        type=BoundedNumber(int, 1, MAX_TOKENS),
         default=256,
         metavar="N",
         help="first-turn max new tokens (default 256)",
     )
     parser.add_argument(
         "--follow-up-max-tokens",
-        type=int,
+        type=BoundedNumber(int, 1, MAX_TOKENS),
         default=100,
         metavar="N",
         help="answer-pinning turn max new tokens (default 100)",

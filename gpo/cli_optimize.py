@@ -7,15 +7,21 @@ each knob flag overrides it, so the paper's ablations are one command each, e.g.
     gpo optimize --task lite-bbh --method gpo --schedule linear          # Table 3
     gpo optimize --task lite-bbh --method gpo --update edit --warmup-steps 1
 
-`--resume RUN_DIR` continues a killed or budget-stopped run with its stored configuration; only
-the budgets (and display flags) may change. Exit status: 0 finished, 3 stopped by a budget
-(everything saved; resume with a larger budget), 2 for a usage error.
+`--resume RUN_DIR` continues a killed or budget-stopped run with its stored configuration, from
+any working directory (paths in config.json are absolute, and the data directory is the one the
+run recorded unless --data-dir or GPO_DATA_DIR names another). Operational flags may change:
+where and how requests are sent (--ROLE-url, timeouts, concurrency, retries, rate limits, the
+cache), budgets and display; each change is noted on stderr and recorded in config.json's
+`sessions`. A flag that changes what the run computes (task, method, model, chat template,
+sizes, knobs, scoring) may not. Exit status: 0 finished, 3 stopped by a budget (everything saved;
+resume with a larger budget), 2 for a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,17 +40,25 @@ from rich.table import Table
 
 from backends.errors import ConfigError
 from backends.protocol import SamplingParams
-from benchmarks import PromptLayout, load_task, resolve_task_names
+from benchmarks import PromptLayout, load_task, resolve_data_dir, resolve_task_names
 from benchmarks.layout import POSITIONS
 from engine.evaluator import EvaluatorSettings
 from engine.event_loop import run as run_async
-from gpo.config import OptimizerConfig
+from gpo.config import LIMITS, MAX_STEPS, OptimizerConfig
 from gpo.embedders import EMBEDDER_KINDS, EmbedderConfig
-from gpo.endpoints import add_endpoint_arguments, add_shared_arguments, open_engines
+from gpo.endpoints import (
+    MAX_TOKENS,
+    BoundedNumber,
+    add_endpoint_arguments,
+    add_shared_arguments,
+    open_engines,
+)
 from gpo.ledger_view import engines_snapshot
 from gpo.meta_prompts import SCORE_SCALES, UPDATE_STYLES
 from gpo.methods import METHOD_PRESETS, METHODS, config_for_method
 from gpo.optimizer import total_steps
+from gpo.resume import reopen_run, stored_arguments
+from gpo.resume import resumed_arguments as resumed_arguments  # re-exported
 from gpo.retrieval import DIRECTIONS, RELEVANCE_ORDERS
 from gpo.run_dir import RunDirectory
 from gpo.runner import RunSpec, now_iso, run_optimization
@@ -52,8 +66,7 @@ from gpo.schedules import SCHEDULE_KINDS
 from gpo.user_text import check_arguments
 
 EXIT_STOPPED = 3
-# Flags that may differ when a run is resumed: budgets and how progress is shown.
-RESUMABLE_CHANGES = ("budget_usd", "budget_tokens", "no_progress", "log_level", "resume")
+MAX_WORDS, MAX_SHOTS, MAX_TASKS_AT_ONCE = 100_000, 1_000, 1_000  # --words-*, --shots, --tasks-*
 _SCHEDULE_FLAGS = {
     "schedule": "kind",
     "words_initial": "initial",
@@ -81,6 +94,21 @@ _KNOB_FLAGS = (
     "dev_size",
     "test_size",
 )
+_SIZE_FLAGS = (
+    ("--steps", "steps", "total steps (default: from epochs)"),
+    ("--epochs", "epochs", "epochs (default 3)"),
+    ("--train-batch-size", "batch_size", "training batch per step (default 8)"),
+    ("--candidates", "candidates", "candidates per step (8)"),
+    ("--train-size", "train_size", "use the first N train samples"),
+    ("--dev-size", "dev_size", "use the first N dev samples"),
+    ("--test-size", "test_size", "use the first N test samples"),
+)
+
+
+def _limit(field: str) -> BoundedNumber:
+    """The argparse type of an optimizer knob, from its bounds in `gpo.config.LIMITS`."""
+    _, low, high = LIMITS[field]
+    return BoundedNumber(float if isinstance(low, float) else int, low, high)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -107,19 +135,17 @@ def add_parser(subparsers: Any) -> None:
     what.add_argument("--initial-prompt", metavar="TEXT", help="default: Let's think step by step.")
 
     sizes = parser.add_argument_group("sizes")
-    sizes.add_argument("--steps", type=int, metavar="N", help="total steps (default: from epochs)")
-    sizes.add_argument("--epochs", type=int, metavar="N", help="epochs (default 3)")
-    sizes.add_argument(
-        "--train-batch-size", type=int, metavar="N", help="training batch per step (default 8)"
-    )
-    sizes.add_argument("--candidates", type=int, metavar="N", help="candidates per step (8)")
-    sizes.add_argument("--train-size", type=int, metavar="N", help="use the first N train samples")
-    sizes.add_argument("--dev-size", type=int, metavar="N", help="use the first N dev samples")
-    sizes.add_argument("--test-size", type=int, metavar="N", help="use the first N test samples")
+    for flag, field, text in _SIZE_FLAGS:
+        sizes.add_argument(flag, type=_limit(field), metavar="N", help=text)
 
     knobs = parser.add_argument_group("method knobs (override the method's preset)")
     knobs.add_argument("--direction", choices=DIRECTIONS, help="update direction (trajectory)")
-    knobs.add_argument("--trajectory-k", type=int, metavar="K", help="prompts shown, with current")
+    knobs.add_argument(
+        "--trajectory-k",
+        type=_limit("trajectory_k"),
+        metavar="K",
+        help="prompts shown, with current",
+    )
     knobs.add_argument(
         "--relevance-order",
         choices=RELEVANCE_ORDERS,
@@ -133,17 +159,50 @@ def add_parser(subparsers: Any) -> None:
     )
     knobs.add_argument("--update", choices=UPDATE_STYLES, help="generate or edit")
     knobs.add_argument("--schedule", choices=SCHEDULE_KINDS, help="word-budget schedule")
-    knobs.add_argument("--words-initial", type=int, metavar="N", help="initial word budget")
-    knobs.add_argument("--words-final", type=int, metavar="N", help="final word budget")
-    knobs.add_argument("--warmup-steps", type=int, metavar="N", help="word-budget warm-up steps")
     knobs.add_argument(
-        "--format-examples", type=int, metavar="N", help="examples in the meta-prompt (3)"
+        "--words-initial",
+        type=BoundedNumber(int, 1, MAX_WORDS),
+        metavar="N",
+        help="initial word budget",
+    )
+    knobs.add_argument(
+        "--words-final",
+        type=BoundedNumber(int, 0, MAX_WORDS),
+        metavar="N",
+        help="final word budget",
+    )
+    knobs.add_argument(
+        "--warmup-steps",
+        type=BoundedNumber(int, 0, MAX_STEPS),
+        metavar="N",
+        help="word-budget warm-up steps",
+    )
+    knobs.add_argument(
+        "--format-examples",
+        type=_limit("format_examples"),
+        metavar="N",
+        help="examples in the meta-prompt (3)",
     )
     knobs.add_argument("--score-scale", choices=SCORE_SCALES, help="percent (default) or raw")
-    knobs.add_argument("--optimizer-temperature", type=float, metavar="T", help="default 1.0")
-    knobs.add_argument("--optimizer-max-tokens", type=int, metavar="N", help="default 512")
-    knobs.add_argument("--reflection-temperature", type=float, metavar="T", help="default 0.0")
-    knobs.add_argument("--seed", type=int, metavar="N", help="default 0")
+    knobs.add_argument(
+        "--optimizer-temperature",
+        type=_limit("optimizer_temperature"),
+        metavar="T",
+        help="default 1.0",
+    )
+    knobs.add_argument(
+        "--optimizer-max-tokens",
+        type=_limit("optimizer_max_tokens"),
+        metavar="N",
+        help="default 512",
+    )
+    knobs.add_argument(
+        "--reflection-temperature",
+        type=_limit("reflection_temperature"),
+        metavar="T",
+        help="default 0.0",
+    )
+    knobs.add_argument("--seed", type=_limit("seed"), metavar="N", help="default 0")
     knobs.add_argument(
         "--test-every-step",
         action="store_true",
@@ -177,16 +236,38 @@ def add_parser(subparsers: Any) -> None:
     )
     scoring.add_argument("--qa-markers", action="store_true", help="write Q:/A: markers")
     scoring.add_argument("--completion", action="store_true", help="plain completion scorer")
-    scoring.add_argument("--shots", type=int, default=0, metavar="K", help="k-shot demos")
-    scoring.add_argument("--max-tokens", type=int, default=256, metavar="N", help="scorer (256)")
     scoring.add_argument(
-        "--follow-up-max-tokens", type=int, default=100, metavar="N", help="pinning turn (100)"
+        "--shots",
+        type=BoundedNumber(int, 0, MAX_SHOTS),
+        default=0,
+        metavar="K",
+        help="k-shot demos",
+    )
+    scoring.add_argument(
+        "--max-tokens",
+        type=BoundedNumber(int, 1, MAX_TOKENS),
+        default=256,
+        metavar="N",
+        help="scorer (256)",
+    )
+    scoring.add_argument(
+        "--follow-up-max-tokens",
+        type=BoundedNumber(int, 1, MAX_TOKENS),
+        default=100,
+        metavar="N",
+        help="pinning turn (100)",
     )
 
     run = parser.add_argument_group("run")
     run.add_argument("--run-dir", type=Path, metavar="DIR", help="default runs/TIMESTAMP-METHOD")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run")
-    run.add_argument("--tasks-at-once", type=int, default=1, metavar="N", help="tasks in parallel")
+    run.add_argument(
+        "--tasks-at-once",
+        type=BoundedNumber(int, 1, MAX_TASKS_AT_ONCE),
+        default=1,
+        metavar="N",
+        help="tasks in parallel",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress display")
     run.add_argument(
         "--dry-run",
@@ -255,10 +336,12 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     if config.optimize and config.steps is None:
         for name in tasks:
             train = load_task(name, args.data_dir).split("train")[: config.train_size]
-            if total_steps(config, len(train)) < 1:
+            steps = total_steps(config, len(train))
+            if not 1 <= steps <= MAX_STEPS:
                 raise ConfigError(
-                    f"--task {name}: {len(train)} training samples give no optimization step; "
-                    "pass --steps or a smaller --train-batch-size"
+                    f"--task {name}: {len(train)} training samples give {steps:,} optimization "
+                    f"steps (allowed: 1 to {MAX_STEPS:,}); pass --steps, or change --epochs "
+                    "or --train-batch-size"
                 )
     embedder = EmbedderConfig(
         kind=args.embedder,
@@ -280,57 +363,6 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         data_dir=args.data_dir,
         tasks_at_once=args.tasks_at_once,
     )
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    return value
-
-
-def stored_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags worth keeping to resume: everything but callables and the resume flag."""
-    return {
-        key: _jsonable(value)
-        for key, value in vars(args).items()
-        if not callable(value) and key not in ("resume", "command")
-    }
-
-
-def _path_flags(parser: argparse.ArgumentParser) -> set[str]:
-    return {action.dest for action in parser._actions if action.type is Path}
-
-
-def resumed_arguments(
-    args: argparse.Namespace, stored: Mapping[str, Any], parser: argparse.ArgumentParser
-) -> argparse.Namespace:
-    """The stored run's arguments, with the flags allowed to change taken from `args`.
-
-    A flag given now with a value other than its default and the stored one is an error: a
-    resumed run must be the same run, or it would not end with the same result.
-    """
-    paths = _path_flags(parser)
-    merged = argparse.Namespace(**vars(args))
-    for key, value in stored.items():
-        if key in paths and value is not None:
-            value = Path(value)
-        now = getattr(args, key, None)
-        if key in RESUMABLE_CHANGES:
-            if now is not None and now != parser.get_default(key):
-                continue
-            setattr(merged, key, value)
-            continue
-        default = parser.get_default(key)
-        if now is not None and now != default and now != value:
-            flag = "--" + key.replace("_", "-")
-            raise ConfigError(
-                f"{flag} cannot change when resuming {args.resume} (the run used {value!r}); "
-                "only --budget-usd and --budget-tokens may change"
-            )
-        setattr(merged, key, value)
-    return merged
 
 
 def default_run_dir(spec: RunSpec) -> Path:
@@ -359,7 +391,9 @@ def run_config(spec: RunSpec, args: argparse.Namespace) -> dict[str, Any]:
             "max_tokens": spec.scoring.first_turn.max_tokens,
             "follow_up_max_tokens": spec.scoring.follow_up.max_tokens,
         },
+        "data_dir": args.data_dir,
         "arguments": stored_arguments(args),
+        "sessions": [],
     }
 
 
@@ -434,19 +468,24 @@ async def _refresh_forever(progress: RichProgress, interval_s: float = 1.0) -> N
 def prepare(args: argparse.Namespace) -> tuple[argparse.Namespace, RunSpec, RunDirectory]:
     """Check everything and create (or reopen) the run directory, before any paid work."""
     if args.resume is not None:
-        parser = build_optimize_parser()
-        run_dir = RunDirectory.open_existing(args.resume)
-        run_dir.check_writable("--resume")
-        stored = run_dir.read_config().get("arguments")
-        if not isinstance(stored, dict):
-            raise ConfigError(f"--resume {args.resume}: config.json holds no arguments")
-        args = resumed_arguments(args, stored, parser)
-        args.resume = Path(run_dir.path)
-        return args, spec_from_args(args), run_dir
+        return _prepare_resume(args)
+    found = resolve_data_dir(args.data_dir)
+    if found.is_dir():  # recorded, so that a resume from elsewhere reads the same data
+        args.data_dir = str(found)
     spec = spec_from_args(args)
     run_dir = RunDirectory.create(args.run_dir or default_run_dir(spec))
+    args.run_dir = Path(os.path.abspath(run_dir.path))
     run_dir.write_config(run_config(spec, args))
     return args, spec, run_dir
+
+
+def _prepare_resume(args: argparse.Namespace) -> tuple[argparse.Namespace, RunSpec, RunDirectory]:
+    """Reopen a run with its stored arguments and this session's operational changes; the
+    changes are recorded once the run checks out."""
+    reopened = reopen_run(args, build_optimize_parser())
+    spec = spec_from_args(reopened.arguments)
+    reopened.record_session()
+    return reopened.arguments, spec, reopened.run_dir
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 from backends.errors import ConfigError
 from backends.llamacpp import SMOLLM2_CONTEXT_TOKENS, EmbeddedModelServer, LlamaServerConfig
 from backends.vllm_serve import ManagedVllmServer, VllmServeConfig
+from gpo.endpoints import BoundedNumber
 
 EXIT_INTERRUPTED = 130
 
@@ -35,21 +36,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--vllm", metavar="MODEL", help="serve MODEL with `vllm serve` instead of SmolLM2"
     )
     parser.add_argument(
-        "--port", type=_port, metavar="N", help="port on 127.0.0.1 (default: a free one)"
+        "--port",
+        type=BoundedNumber(int, 1, 65_535),
+        metavar="N",
+        help="port on 127.0.0.1 (default: a free one)",
     )
     parser.add_argument(
         "--gpus", metavar="IDS", help="CUDA_VISIBLE_DEVICES for vLLM, e.g. 0 or 2,3"
     )
     parser.add_argument(
         "--n-ctx",
-        type=_positive_int,
+        type=BoundedNumber(int, 1, 10_000_000),
         default=SMOLLM2_CONTEXT_TOKENS,
         metavar="TOKENS",
         help=f"context length of the embedded model (default {SMOLLM2_CONTEXT_TOKENS})",
     )
     parser.add_argument(
         "--threads",
-        type=_positive_int,
+        type=BoundedNumber(int, 1, 1_024),
         default=2,
         metavar="N",
         help="CPU threads of the embedded model (default 2)",
@@ -59,7 +63,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--startup-timeout",
-        type=float,
+        type=BoundedNumber(float, 0, 86_400, inclusive=False),
         metavar="SECONDS",
         help="how long to wait for the server to answer (default 120, vLLM 900)",
     )
@@ -67,20 +71,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "vllm_args", nargs=argparse.REMAINDER, help="arguments for `vllm serve`, after `--`"
     )
     return parser
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"{text} is not a port between 1 and 65535")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
 
 
 def _vllm_args(args: argparse.Namespace) -> tuple[str, ...]:

@@ -24,6 +24,26 @@ from gpo.retrieval import RELEVANCE_ORDERS, Direction, RelevanceOrder, check_dir
 from gpo.schedules import WordBudgetSchedule
 
 COT_PROMPT = "Let's think step by step."
+MAX_STEPS = 10_000
+"""The most optimisation steps a run may take (the paper's runs take tens)."""
+
+# Each numeric field's allowed range (inclusive), with the flag that sets it: the one place the
+# bounds are written down; `gpo optimize` builds its argparse types from it.
+LIMITS: dict[str, tuple[str, float, float]] = {
+    "epochs": ("--epochs", 1, 1_000),
+    "batch_size": ("--train-batch-size", 1, 100_000),
+    "steps": ("--steps", 1, MAX_STEPS),
+    "candidates": ("--candidates", 1, 1_000),
+    "trajectory_k": ("--trajectory-k", 1, 1_000),
+    "format_examples": ("--format-examples", 0, 1_000),
+    "optimizer_temperature": ("--optimizer-temperature", 0.0, 10.0),
+    "optimizer_max_tokens": ("--optimizer-max-tokens", 1, 1_000_000),
+    "reflection_temperature": ("--reflection-temperature", 0.0, 10.0),
+    "seed": ("--seed", 0, 2**32 - 1),  # numpy's RandomState takes no more
+    "train_size": ("--train-size", 1, 10_000_000),
+    "dev_size": ("--dev-size", 1, 10_000_000),
+    "test_size": ("--test-size", 1, 10_000_000),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,29 +82,10 @@ class OptimizerConfig:
         check_choice(self.score_scale, SCORE_SCALES, "--score-scale", "score scale")
         check_choice(self.instruction_position, POSITIONS, "--position", "instruction position")
         check_choice(self.relevance_order, RELEVANCE_ORDERS, "--relevance-order", "order")
-        positive = {
-            "--epochs": self.epochs,
-            "--train-batch-size": self.batch_size,
-            "--candidates": self.candidates,
-            "--trajectory-k": self.trajectory_k,
-            "--optimizer-max-tokens": self.optimizer_max_tokens,
-        }
-        for flag, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{flag} must be at least 1, got {value}")
-        optional_positive = {
-            "--steps": self.steps,
-            "--train-size": self.train_size,
-            "--dev-size": self.dev_size,
-            "--test-size": self.test_size,
-        }
-        for flag, value in optional_positive.items():
-            if value is not None and value < 1:
-                raise ConfigError(f"{flag} must be at least 1, got {value}")
-        if self.format_examples < 0:
-            raise ConfigError(f"--format-examples must be >= 0, got {self.format_examples}")
-        if self.optimizer_temperature < 0 or self.reflection_temperature < 0:
-            raise ConfigError("--optimizer-temperature and --reflection-temperature must be >= 0")
+        for name, (flag, low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise ConfigError(f"{flag} must be from {low:,} to {high:,}, got {value}")
 
     def replace(self, **changes: Any) -> OptimizerConfig:
         return dataclasses.replace(self, **changes)

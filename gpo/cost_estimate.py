@@ -17,7 +17,9 @@ models will write. The estimate counts:
   pinned second turn, the expected candidate length for the optimizer's answers.
 - Optimizer calls: one meta-prompt per step, rendered exactly (trajectory entries of the expected
   length, the run's format examples, the step's word budget); one call with n = candidates where
-  the endpoint honours n (the prompt is paid for once), else one call per candidate.
+  the endpoint honours n (the prompt is paid for once), else one call per candidate. Past
+  `MAX_SUMMED_STEPS` steps the meta-prompts are counted on a sample of steps, so an estimate's
+  work is bounded whatever the number of steps.
 
 Dollars come from `engine.prices.PriceTable` when the models are priced there.
 """
@@ -46,6 +48,8 @@ CHAT_MESSAGE_OVERHEAD_TOKENS = 4
 DEFAULT_FIRST_TURN_OUTPUT_TOKENS = 150.0
 REFERENCE_RUN_PROMPT_WORDS = 27
 """Mean length of the reference run's final prompts (`reference_prompts.jsonl`), in words."""
+MAX_SUMMED_STEPS = 512
+"""Steps whose meta-prompt is counted one by one; longer runs are sampled (`sum_over_steps`)."""
 
 
 def approximate_tokens(text: str) -> int:
@@ -240,24 +244,27 @@ def estimate_optimization_cost(
         optimizer_output_tokens = tokenizer(candidate) + tokenizer(CANDIDATE_MARKERS)
     optimizer_output_tokens = min(optimizer_output_tokens, optimizer_max_tokens)
     examples = _format_examples(task, config)
-    optimizer_prompt = 0.0
-    for step in range(steps):
-        trajectory_length = step + 1
-        shown_count = 0 if config.direction in ("none", "summary") else config.trajectory_k
-        shown = [
-            TrajectoryEntry(i, candidate, 0.5) for i in range(min(shown_count, trajectory_length))
-        ]
-        budget = config.schedule.budget(trajectory_length, steps) if steps else None
-        meta_prompt = render_update_prompt(
-            style=config.update,
-            current=TrajectoryEntry(step, candidate, 0.5),
-            examples=examples,
-            position=config.instruction_position,
-            shown=shown,
-            word_budget=budget,
-            score_scale=config.score_scale,
-        )
-        optimizer_prompt += optimizer_renderer.tokens((("user", meta_prompt),))
+    shown_count = 0 if config.direction in ("none", "summary") else config.trajectory_k
+    rendered: dict[tuple[int, int | None], int] = {}
+
+    def meta_prompt_tokens(step: int) -> int:
+        # A step's meta-prompt differs from another's only by the entries shown and the budget.
+        shown = min(shown_count, step + 1)
+        budget = config.schedule.budget(step + 1, steps)
+        if (shown, budget) not in rendered:
+            meta_prompt = render_update_prompt(
+                style=config.update,
+                current=TrajectoryEntry(step, candidate, 0.5),
+                examples=examples,
+                position=config.instruction_position,
+                shown=[TrajectoryEntry(i, candidate, 0.5) for i in range(shown)],
+                word_budget=budget,
+                score_scale=config.score_scale,
+            )
+            rendered[shown, budget] = optimizer_renderer.tokens((("user", meta_prompt),))
+        return rendered[shown, budget]
+
+    optimizer_prompt = sum_over_steps(steps, meta_prompt_tokens, exact_head=shown_count)
     calls_per_step = 1 if multiple_choices or candidates == 1 else candidates
     optimizer_calls = steps * calls_per_step
     optimizer_prompt *= calls_per_step
@@ -279,6 +286,20 @@ def estimate_optimization_cost(
         optimizer_completion_tokens=round(optimizer_completion),
         usd=usd,
     )
+
+
+def sum_over_steps(steps: int, value: Callable[[int], float], exact_head: int = 0) -> float:
+    """The sum of `value(step)` over `steps` steps, in bounded work: exact for the first
+    `exact_head` steps and for short runs, else the midpoint rule over `MAX_SUMMED_STEPS` equal
+    strata (a meta-prompt changes little from one step to the next: a word budget by a word)."""
+    head = min(steps, max(exact_head, 0), MAX_SUMMED_STEPS)
+    total = float(sum(value(step) for step in range(head)))
+    rest = steps - head
+    if rest <= MAX_SUMMED_STEPS:
+        return total + sum(value(step) for step in range(head, steps))
+    width = rest / MAX_SUMMED_STEPS
+    strata = (head + min(rest - 1, int((i + 0.5) * width)) for i in range(MAX_SUMMED_STEPS))
+    return total + width * sum(value(step) for step in strata)
 
 
 def estimate_for_config(

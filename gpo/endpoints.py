@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Sequence
@@ -123,13 +125,13 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser, role: str) -> None:
     )
     group.add_argument(
         f"--{role}-concurrency",
-        type=_positive_int,
+        type=_number(int, 1, 100_000),
         metavar="N",
         help="sequences in flight (default: sized from the server)",
     )
     group.add_argument(
         f"--{role}-batch-size",
-        type=_positive_int,
+        type=_number(int, 1, 100_000),
         default=32,
         metavar="N",
         help="prompts per /v1/completions call (default 32)",
@@ -147,14 +149,20 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser, role: str) -> None:
         "llama3) so they travel as prompt lists; must match the server's",
     )
     group.add_argument(
-        f"--{role}-rpm", type=_positive_float, metavar="N", help="requests-per-minute limit"
+        f"--{role}-rpm",
+        type=_number(float, 0, 1e9, inclusive=False),
+        metavar="N",
+        help="requests-per-minute limit",
     )
     group.add_argument(
-        f"--{role}-tpm", type=_positive_float, metavar="N", help="tokens-per-minute limit"
+        f"--{role}-tpm",
+        type=_number(float, 0, 1e12, inclusive=False),
+        metavar="N",
+        help="tokens-per-minute limit",
     )
     group.add_argument(
         f"--{role}-gpu-hour-usd",
-        type=_non_negative_float,
+        type=_number(float, 0, 1e6),
         metavar="USD",
         help="price of this role's server per GPU-hour (local servers)",
     )
@@ -173,46 +181,69 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--prices", type=Path, metavar="PATH", help="JSON price table extending the built-in one"
     )
-    group.add_argument("--max-retries", type=_non_negative_int, default=8, metavar="N")
+    group.add_argument("--max-retries", type=_number(int, 0, 1_000), default=8, metavar="N")
     group.add_argument(
         "--request-timeout",
-        type=_positive_float,
+        type=_number(float, 0, 7 * 86_400, inclusive=False),
         default=600.0,
         metavar="S",
         help="seconds before a call is abandoned and retried (default 600)",
     )
     group.add_argument(
         "--budget-usd",
-        type=_positive_float,
+        type=_number(float, 0, 1e9, inclusive=False),
         metavar="USD",
         help="stop cleanly once this many dollars are spent",
     )
     group.add_argument(
         "--budget-tokens",
-        type=_positive_int,
+        type=_number(int, 1, 10**15),
         metavar="N",
         help="stop cleanly once this many tokens are spent",
     )
 
 
-def _number(kind: type, minimum: float, inclusive: bool, name: str):
-    def parse(text: str) -> Any:
+MAX_TOKENS = 1_000_000
+"""The most tokens a flag may ask one request to generate (more than any model's context)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BoundedNumber:
+    """An argparse type: a finite `kind` (int or float) from `minimum` (excluded unless
+    `inclusive`) to `maximum`. argparse names the flag in its error; the message names the
+    allowed range."""
+
+    kind: type
+    minimum: float
+    maximum: float
+    inclusive: bool = True
+
+    @property
+    def allowed(self) -> str:
+        low, high = _shown(self.minimum), _shown(self.maximum)
+        return f"from {low} to {high}" if self.inclusive else f"above {low}, up to {high}"
+
+    def __call__(self, text: str) -> Any:
+        shown = text if len(text) <= 40 else text[:37] + "..."
         try:
-            value = kind(text)
+            value = self.kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {name}") from None
-        if value < minimum or (value == minimum and not inclusive):
-            bound = ">=" if inclusive else ">"
-            raise argparse.ArgumentTypeError(f"{text!r} must be {bound} {minimum}")
+            what = "an integer" if self.kind is int else "a number"
+            raise argparse.ArgumentTypeError(
+                f"{shown!r} is not {what} (allowed: {self.allowed})"
+            ) from None
+        below = value < self.minimum or (value == self.minimum and not self.inclusive)
+        if not math.isfinite(value) or below or value > self.maximum:
+            raise argparse.ArgumentTypeError(f"{shown!r} is out of range (allowed: {self.allowed})")
         return value
 
-    return parse
+
+def _number(kind: type, minimum: float, maximum: float, *, inclusive: bool = True) -> BoundedNumber:
+    return BoundedNumber(kind, minimum, maximum, inclusive)
 
 
-_positive_int = _number(int, 0, False, "integer")
-_non_negative_int = _number(int, 0, True, "integer")
-_positive_float = _number(float, 0, False, "number")
-_non_negative_float = _number(float, 0, True, "number")
+def _shown(bound: float) -> str:
+    return f"{int(bound):,}" if float(bound).is_integer() else f"{bound:,}"
 
 
 def read_api_key(args: argparse.Namespace, role: str) -> str | None:
@@ -426,7 +457,12 @@ async def open_engines(
                 )
             else:
                 urls = getattr(args, f"{role}_url", None) or [os.environ["OPENAI_BASE_URL"]]
-                backends = [await _http_backend(args, role, url, Capabilities()) for url in urls]
+                # A resumed run whose endpoint moved keeps the old URLs' cache identities.
+                identities = getattr(args, f"{role}_url_identities", None) or [None] * len(urls)
+                backends = [
+                    await _http_backend(args, role, url, Capabilities(), identity=identity)
+                    for url, identity in zip(urls, identities, strict=True)
+                ]
                 if len(backends) == 1:
                     backend = backends[0]
                 else:

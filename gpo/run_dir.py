@@ -2,7 +2,7 @@
 
 Layout:
 
-    config.json            the run's configuration (no secrets), written once
+    config.json            the run's configuration (no secrets); each resume adds a session
     state.json             status (running / finished / stopped / failed), sessions, per-task status
     ledger.json            the engines' ledger snapshot of this session, rewritten after each step
     ledger.session-N.json  the ledger of an earlier, interrupted session
