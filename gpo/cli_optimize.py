@@ -8,14 +8,19 @@ each knob flag overrides it, so the paper's ablations are one command each, e.g.
     gpo optimize --task lite-bbh --method gpo --update edit --warmup-steps 1
 
 `--resume RUN_DIR` continues a killed or budget-stopped run with its stored configuration; only
-the budgets (and display flags) may change. Exit status: 0 finished, 3 stopped by a budget
-(everything saved; resume with a larger budget), 2 for a usage error.
+the budgets (and display flags) may change. Budgets hold for the whole run: what earlier sessions
+spent counts against them. One process at a time works in a run directory (`gpo.run_lock`).
+
+Exit status: 0 finished; 3 stopped by a budget (everything saved; resume with a larger budget);
+2 a usage error (or the run directory is in use); 130 Ctrl-C and 143 SIGTERM, both a clean stop
+(finished work and the spend saved, state "interrupted"; continue with `--resume`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,6 +43,7 @@ from benchmarks import PromptLayout, load_task, resolve_task_names
 from benchmarks.layout import POSITIONS
 from engine.evaluator import EvaluatorSettings
 from engine.event_loop import run as run_async
+from gpo.budget_guard import resume_stop_reason
 from gpo.config import OptimizerConfig
 from gpo.embedders import EMBEDDER_KINDS, EmbedderConfig
 from gpo.endpoints import add_endpoint_arguments, add_shared_arguments, open_engines
@@ -47,8 +53,10 @@ from gpo.methods import METHOD_PRESETS, METHODS, config_for_method
 from gpo.optimizer import total_steps
 from gpo.retrieval import DIRECTIONS, RELEVANCE_ORDERS
 from gpo.run_dir import RunDirectory
+from gpo.run_lock import RunLock
 from gpo.runner import RunSpec, now_iso, run_optimization
 from gpo.schedules import SCHEDULE_KINDS
+from gpo.stop_signals import EXIT_TERMINATED, TerminationGuard
 
 EXIT_STOPPED = 3
 # Flags that may differ when a run is resumed: budgets and how progress is shown.
@@ -454,7 +462,45 @@ def run(args: argparse.Namespace) -> int:
 
         print_estimates(estimate_run(spec_from_args(args), args))
         return 0
-    args, spec, run_dir = prepare(args)
+    run_dir: RunDirectory | None = None
+    with TerminationGuard() as guard:
+        try:
+            args, spec, run_dir = prepare(args)
+            with RunLock(run_dir.path, flag="--resume" if args.resume else "--run-dir"):
+                return _run_locked(args, spec, run_dir, guard)
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            if guard.received is None:
+                raise
+            resume = f"; continue with: gpo optimize --resume {run_dir.path}" if run_dir else ""
+            print(
+                f"gpo optimize: stopped by SIGTERM; finished work is saved{resume}",
+                file=sys.stderr,
+            )
+            return EXIT_TERMINATED
+
+
+def _budget_spent_before(args: argparse.Namespace, run_dir: RunDirectory) -> bool:
+    """On resume: say so and return True when the run's budget is spent by earlier sessions."""
+    if args.resume is None:
+        return False
+    reason = resume_stop_reason(args, run_dir)
+    if reason is None:
+        return False
+    flag = reason.split(" ", 1)[0]
+    Console(stderr=False).print(
+        f"[yellow]stopped: {reason}; nothing was sent. Continue with a larger budget: "
+        f"gpo optimize --resume {run_dir.path} {flag} ...[/yellow]",
+        soft_wrap=True,
+    )
+    return True
+
+
+def _run_locked(
+    args: argparse.Namespace, spec: RunSpec, run_dir: RunDirectory, guard: TerminationGuard
+) -> int:
+    """The run itself, with the run directory locked and SIGTERM guarded."""
+    if _budget_spent_before(args, run_dir):
+        return EXIT_STOPPED
     console = Console(stderr=True)
     progress = RichProgress(console, enabled=not args.no_progress and console.is_terminal)
     if spec.embedder.kind == "hashing" and spec.optimizer.direction == "relevance":
@@ -464,20 +510,24 @@ def run(args: argparse.Namespace) -> int:
         )
 
     async def main() -> dict[str, Any]:
-        async with open_engines(args, ["scorer", "optimizer"], run_dir.path) as engines:
-            progress.engines = (engines["scorer"], engines["optimizer"])
-            refresher = asyncio.create_task(_refresh_forever(progress))
-            try:
-                return await run_optimization(
-                    spec,
-                    scorer=engines["scorer"],
-                    optimizer=engines["optimizer"],
-                    run_dir=run_dir,
-                    listener=progress,
-                    resume=args.resume is not None,
-                )
-            finally:
-                refresher.cancel()
+        guard.watch()
+        try:
+            async with open_engines(args, ["scorer", "optimizer"], run_dir.path) as engines:
+                progress.engines = (engines["scorer"], engines["optimizer"])
+                refresher = asyncio.create_task(_refresh_forever(progress))
+                try:
+                    return await run_optimization(
+                        spec,
+                        scorer=engines["scorer"],
+                        optimizer=engines["optimizer"],
+                        run_dir=run_dir,
+                        listener=progress,
+                        resume=args.resume is not None,
+                    )
+                finally:
+                    refresher.cancel()
+        finally:
+            guard.unwatch()
 
     with progress.progress:
         summary = run_async(main())

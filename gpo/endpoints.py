@@ -38,6 +38,7 @@ from engine.cache import ResponseCache
 from engine.engine import Engine, EngineConfig
 from engine.ledger import Ledger
 from engine.prices import ModelPrice, PriceTable
+from gpo.budget_guard import refuse_unpriced_dollar_cap
 
 logger = logging.getLogger(__name__)
 
@@ -347,6 +348,7 @@ async def open_engines(
             )
             await stack.enter_async_context(engine)
             engines[role] = engine
+        refuse_unpriced_dollar_cap(args, engines, prices)
         try:
             yield engines
         finally:
