@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import socket
 import sys
 from datetime import UTC, datetime
@@ -28,20 +29,27 @@ from typing import Any
 import orjson
 
 from backends.errors import ConfigError
+from gpo.run_dir import scrub_secrets
 
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = "run.lock"
 _COMMAND_CHARS = 300
+_URL_CREDENTIALS = re.compile(r"//[^/@\s]+@")
+
+
+def _command() -> str:
+    """This process's `gpo ...` command line, with anything secret-looking taken out."""
+    words = [_URL_CREDENTIALS.sub("//", str(word)) for word in scrub_secrets(sys.argv[1:])]
+    return " ".join(["gpo", *words])[:_COMMAND_CHARS]
 
 
 def _holder_details() -> dict[str, Any]:
-    command = " ".join(["gpo", *sys.argv[1:]])
     return {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": command[:_COMMAND_CHARS],
+        "command": _command(),
     }
 
 

@@ -241,8 +241,11 @@ async def run_optimization(
     try:
         results = list(await asyncio.gather(*(run_task(name) for name in spec.tasks)))
     except BaseException as error:
-        state["status"] = "failed" if isinstance(error, Exception) else "interrupted"
-        state["error"] = f"{type(error).__name__}: {error}"
+        failed = isinstance(error, Exception)
+        state["status"] = "failed" if failed else "interrupted"
+        state["error"] = (
+            f"{type(error).__name__}: {error}" if failed else "interrupted (Ctrl-C or SIGTERM)"
+        )
         recording.save()
         raise
     finally:
