@@ -4,7 +4,7 @@ counts what its earlier sessions spent.
 - `refuse_unpriced_dollar_cap`: `--budget-usd` with a model the price table does not know could
   never stop (an unpriced model's tokens cost $0 on the ledger), so it is refused with the flag,
   the role and the model named, and how to give a price.
-- `resume_stop_reason` and `spent_cap`: a resumed run's budgets hold for the whole run, not each
+- `resume_stop_message` and `spent_cap`: a resumed run's budgets hold for the whole run, not each
   session. The spend its run directory recorded (earlier sessions' ledgers and the last
   session's `ledger.json`) counts against the cap (the runner also carries it into the engines'
   ledgers); a resume whose cap is already spent stops before it starts anything.
@@ -85,6 +85,13 @@ def spent_cap(
     return f"{flag} {cap:g}: already spent (the last session stopped at it; {amounts[key]} {where})"
 
 
-def resume_stop_reason(args: argparse.Namespace, run_dir: RunDirectory) -> str | None:
-    """`spent_cap` for the run directory being resumed."""
-    return spent_cap(args, run_totals(run_dir.recorded_ledgers()), run_dir.read_state())
+def resume_stop_message(args: argparse.Namespace, run_dir: RunDirectory) -> str | None:
+    """What to tell a user whose resumed run's budget is already spent, or None."""
+    reason = spent_cap(args, run_totals(run_dir.recorded_ledgers()), run_dir.read_state())
+    if reason is None:
+        return None
+    flag = reason.split(" ", 1)[0]
+    return (
+        f"stopped: {reason}; nothing was sent. Continue with a larger budget: "
+        f"gpo optimize --resume {run_dir.path} {flag} ..."
+    )

@@ -43,7 +43,7 @@ from benchmarks import PromptLayout, load_task, resolve_task_names
 from benchmarks.layout import POSITIONS
 from engine.evaluator import EvaluatorSettings
 from engine.event_loop import run as run_async
-from gpo.budget_guard import resume_stop_reason
+from gpo.budget_guard import resume_stop_message
 from gpo.config import OptimizerConfig
 from gpo.embedders import EMBEDDER_KINDS, EmbedderConfig
 from gpo.endpoints import add_endpoint_arguments, add_shared_arguments, open_engines
@@ -479,27 +479,13 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_TERMINATED
 
 
-def _budget_spent_before(args: argparse.Namespace, run_dir: RunDirectory) -> bool:
-    """On resume: say so and return True when the run's budget is spent by earlier sessions."""
-    if args.resume is None:
-        return False
-    reason = resume_stop_reason(args, run_dir)
-    if reason is None:
-        return False
-    flag = reason.split(" ", 1)[0]
-    Console(stderr=False).print(
-        f"[yellow]stopped: {reason}; nothing was sent. Continue with a larger budget: "
-        f"gpo optimize --resume {run_dir.path} {flag} ...[/yellow]",
-        soft_wrap=True,
-    )
-    return True
-
-
 def _run_locked(
     args: argparse.Namespace, spec: RunSpec, run_dir: RunDirectory, guard: TerminationGuard
 ) -> int:
     """The run itself, with the run directory locked and SIGTERM guarded."""
-    if _budget_spent_before(args, run_dir):
+    stop = resume_stop_message(args, run_dir) if args.resume is not None else None
+    if stop is not None:  # the budget is spent by earlier sessions: nothing to run
+        Console().print(stop, style="yellow", markup=False, soft_wrap=True)
         return EXIT_STOPPED
     console = Console(stderr=True)
     progress = RichProgress(console, enabled=not args.no_progress and console.is_terminal)
@@ -510,24 +496,21 @@ def _run_locked(
         )
 
     async def main() -> dict[str, Any]:
-        guard.watch()
-        try:
-            async with open_engines(args, ["scorer", "optimizer"], run_dir.path) as engines:
-                progress.engines = (engines["scorer"], engines["optimizer"])
-                refresher = asyncio.create_task(_refresh_forever(progress))
-                try:
-                    return await run_optimization(
-                        spec,
-                        scorer=engines["scorer"],
-                        optimizer=engines["optimizer"],
-                        run_dir=run_dir,
-                        listener=progress,
-                        resume=args.resume is not None,
-                    )
-                finally:
-                    refresher.cancel()
-        finally:
-            guard.unwatch()
+        guard.watch()  # SIGTERM cancels this task: a clean stop, as Ctrl-C
+        async with open_engines(args, ["scorer", "optimizer"], run_dir.path) as engines:
+            progress.engines = (engines["scorer"], engines["optimizer"])
+            refresher = asyncio.create_task(_refresh_forever(progress))
+            try:
+                return await run_optimization(
+                    spec,
+                    scorer=engines["scorer"],
+                    optimizer=engines["optimizer"],
+                    run_dir=run_dir,
+                    listener=progress,
+                    resume=args.resume is not None,
+                )
+            finally:
+                refresher.cancel()
 
     with progress.progress:
         summary = run_async(main())

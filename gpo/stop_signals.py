@@ -4,13 +4,14 @@
 default action ends the process at once: the run directory would be left saying "running" and
 the session's spend would never be written. `TerminationGuard` catches it instead.
 
-Inside the event loop the guarded coroutine registers itself (`watch`); SIGTERM then cancels it,
-so every `finally` and `async with` on the way out runs (engines closed, managed servers stopped,
-state and ledger written). Outside the loop (checking flags, printing the summary) SIGTERM raises
-`KeyboardInterrupt` where the program stands, as Ctrl-C would. It does not depend on how SIGINT
-is set up (a job started with `&` by a script ignores SIGINT). `received` tells the caller that
-the stop came from SIGTERM, so it can exit with 143 (128 + 15) as is conventional. A second
-SIGTERM while stopping is ignored; SIGKILL remains the way to end the process at once.
+Inside the event loop the guarded coroutine registers itself (`watch`); SIGTERM then cancels it
+while it runs, so every `finally` and `async with` on the way out runs (engines closed, managed
+servers stopped, state and ledger written). Outside the loop (checking flags, printing the
+summary) SIGTERM raises `KeyboardInterrupt` where the program stands, as Ctrl-C would. It does
+not depend on how SIGINT is set up (a job started with `&` by a script ignores SIGINT).
+`received` tells the caller that the stop came from SIGTERM, so it can exit with 143 (128 + 15)
+as is conventional. A second SIGTERM while stopping is ignored; SIGKILL still ends the process
+at once.
 """
 
 from __future__ import annotations
@@ -48,9 +49,6 @@ class TerminationGuard:
         """Call from the coroutine that SIGTERM should cancel, inside its event loop."""
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
-
-    def unwatch(self) -> None:
-        self._loop = self._task = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is not None:
