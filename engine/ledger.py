@@ -41,6 +41,13 @@ class Ledger:
         self._counters: dict[tuple[str, str], UsageCounters] = {}
         self._started = time.monotonic()
         self._stopped: float | None = None
+        self._earlier_tokens = 0
+        self._earlier_usd = 0.0
+
+    def carry_over(self, tokens: int, usd: float) -> None:
+        """Count what earlier sessions of the run spent against its budgets."""
+        self._earlier_tokens += max(0, int(tokens))
+        self._earlier_usd += max(0.0, float(usd))
 
     def counters(self, model: str, phase: str) -> UsageCounters:
         key = (model, phase)
@@ -93,10 +100,13 @@ class Ledger:
 
     @property
     def spent_tokens(self) -> int:
-        return sum(c.prompt_tokens + c.completion_tokens for c in self._counters.values())
+        """Tokens spent by this session and the carried-over earlier ones (for budgets)."""
+        spent = sum(c.prompt_tokens + c.completion_tokens for c in self._counters.values())
+        return self._earlier_tokens + spent
 
     def spent_usd(self) -> float:
-        return self._cost()[0]
+        """Dollars spent by this session and the carried-over earlier ones (for budgets)."""
+        return self._earlier_usd + self._cost()[0]
 
     def _cost(self) -> tuple[float, dict[tuple[str, str], float], list[str]]:
         per_key: dict[tuple[str, str], float] = {}

@@ -13,15 +13,21 @@ run recorded unless --data-dir or GPO_DATA_DIR names another). Operational flags
 where and how requests are sent (--ROLE-url, timeouts, concurrency, retries, rate limits, the
 cache), budgets and display; each change is noted on stderr and recorded in config.json's
 `sessions`. A flag that changes what the run computes (task, method, model, chat template,
-sizes, knobs, scoring) may not. Exit status: 0 finished, 3 stopped by a budget (everything saved;
-resume with a larger budget), 2 for a usage error.
+sizes, knobs, scoring) may not. Budgets hold for the whole run: what earlier sessions spent
+counts against them. One process at a time works in a run directory (`gpo.run_lock`).
+
+Exit status: 0 finished; 3 stopped by a budget (everything saved; resume with a larger budget);
+2 a usage error (or the run directory is in use); 130 Ctrl-C and 143 SIGTERM, both a clean stop
+(finished work and the spend saved, state "interrupted"; continue with `--resume`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,6 +50,7 @@ from benchmarks import PromptLayout, load_task, resolve_data_dir, resolve_task_n
 from benchmarks.layout import POSITIONS
 from engine.evaluator import EvaluatorSettings
 from engine.event_loop import run as run_async
+from gpo.budget_guard import resume_stop_message
 from gpo.config import LIMITS, MAX_STEPS, OptimizerConfig
 from gpo.embedders import EMBEDDER_KINDS, EmbedderConfig
 from gpo.endpoints import (
@@ -61,8 +68,10 @@ from gpo.resume import reopen_run, stored_arguments
 from gpo.resume import resumed_arguments as resumed_arguments  # re-exported
 from gpo.retrieval import DIRECTIONS, RELEVANCE_ORDERS
 from gpo.run_dir import RunDirectory
+from gpo.run_lock import RunLock
 from gpo.runner import RunSpec, now_iso, run_optimization
 from gpo.schedules import SCHEDULE_KINDS
+from gpo.stop_signals import EXIT_TERMINATED, TerminationGuard
 from gpo.user_text import check_arguments
 
 EXIT_STOPPED = 3
@@ -465,25 +474,33 @@ async def _refresh_forever(progress: RichProgress, interval_s: float = 1.0) -> N
 # -- the command -------------------------------------------------------------------------------
 
 
-def prepare(args: argparse.Namespace) -> tuple[argparse.Namespace, RunSpec, RunDirectory]:
-    """Check everything and create (or reopen) the run directory, before any paid work."""
+def prepare(
+    args: argparse.Namespace, locks: contextlib.ExitStack
+) -> tuple[argparse.Namespace, RunSpec, RunDirectory]:
+    """Check everything and create (or reopen) the run directory, before any paid work. The
+    directory's lock is taken (into `locks`) before anything in it is written, so a second
+    process changes nothing of a run that another one is working on."""
     if args.resume is not None:
-        return _prepare_resume(args)
+        return _prepare_resume(args, locks)
     found = resolve_data_dir(args.data_dir)
     if found.is_dir():  # recorded, so that a resume from elsewhere reads the same data
         args.data_dir = str(found)
     spec = spec_from_args(args)
     run_dir = RunDirectory.create(args.run_dir or default_run_dir(spec))
+    locks.enter_context(RunLock(run_dir.path, flag="--run-dir"))
     args.run_dir = Path(os.path.abspath(run_dir.path))
     run_dir.write_config(run_config(spec, args))
     return args, spec, run_dir
 
 
-def _prepare_resume(args: argparse.Namespace) -> tuple[argparse.Namespace, RunSpec, RunDirectory]:
+def _prepare_resume(
+    args: argparse.Namespace, locks: contextlib.ExitStack
+) -> tuple[argparse.Namespace, RunSpec, RunDirectory]:
     """Reopen a run with its stored arguments and this session's operational changes; the
-    changes are recorded once the run checks out."""
+    changes are recorded once the run checks out and its lock is held."""
     reopened = reopen_run(args, build_optimize_parser())
     spec = spec_from_args(reopened.arguments)
+    locks.enter_context(RunLock(reopened.run_dir.path, flag="--resume"))
     reopened.record_session()
     return reopened.arguments, spec, reopened.run_dir
 
@@ -495,7 +512,31 @@ def run(args: argparse.Namespace) -> int:
 
         print_estimates(estimate_run(spec_from_args(args), args))
         return 0
-    args, spec, run_dir = prepare(args)
+    run_dir: RunDirectory | None = None
+    with TerminationGuard() as guard:
+        try:
+            with contextlib.ExitStack() as locks:
+                args, spec, run_dir = prepare(args, locks)
+                return _run_locked(args, spec, run_dir, guard)
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            if guard.received is None:
+                raise
+            resume = f"; continue with: gpo optimize --resume {run_dir.path}" if run_dir else ""
+            print(
+                f"gpo optimize: stopped by SIGTERM; finished work is saved{resume}",
+                file=sys.stderr,
+            )
+            return EXIT_TERMINATED
+
+
+def _run_locked(
+    args: argparse.Namespace, spec: RunSpec, run_dir: RunDirectory, guard: TerminationGuard
+) -> int:
+    """The run itself, with the run directory locked and SIGTERM guarded."""
+    stop = resume_stop_message(args, run_dir) if args.resume is not None else None
+    if stop is not None:  # the budget is spent by earlier sessions: nothing to run
+        Console().print(stop, style="yellow", markup=False, soft_wrap=True)
+        return EXIT_STOPPED
     console = Console(stderr=True)
     progress = RichProgress(console, enabled=not args.no_progress and console.is_terminal)
     if spec.embedder.kind == "hashing" and spec.optimizer.direction == "relevance":
@@ -505,6 +546,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
     async def main() -> dict[str, Any]:
+        guard.watch()  # SIGTERM cancels this task: a clean stop, as Ctrl-C
         async with open_engines(args, ["scorer", "optimizer"], run_dir.path) as engines:
             progress.engines = (engines["scorer"], engines["optimizer"])
             refresher = asyncio.create_task(_refresh_forever(progress))

@@ -50,6 +50,7 @@ from engine.cache import ResponseCache
 from engine.engine import Engine, EngineConfig
 from engine.ledger import Ledger
 from engine.prices import ModelPrice, PriceTable
+from gpo.budget_guard import refuse_unpriced_dollar_cap
 from gpo.user_text import read_text_file
 
 logger = logging.getLogger(__name__)
@@ -480,6 +481,7 @@ async def open_engines(
             )
             await stack.enter_async_context(engine)
             engines[role] = engine
+        refuse_unpriced_dollar_cap(args, engines, prices)
         try:
             yield engines
         finally:

@@ -4,8 +4,10 @@ Layout:
 
     config.json            the run's configuration (no secrets); each resume adds a session
     state.json             status (running / finished / stopped / failed), sessions, per-task status
-    ledger.json            the engines' ledger snapshot of this session, rewritten after each step
+    ledger.json            the engines' ledger snapshot of this session, rewritten every few
+                           seconds and after each step (a killed session's spend is kept)
     ledger.session-N.json  the ledger of an earlier, interrupted session
+    run.lock               held (flock) by the process working here; names it (gpo/run_lock.py)
     cache.sqlite           the engines' response cache: what makes a resumed run free to replay
     embeddings.jsonl       embedding cache (relevance retrieval)
     summary.json           per-task results and group averages, at the end
@@ -244,10 +246,19 @@ class RunDirectory:
         return read_json(path) if path.exists() else None
 
     def archive_ledger(self, session: int) -> None:
-        """Keep an interrupted session's ledger before a resumed session starts its own."""
+        """Keep an interrupted session's ledger before a resumed session starts its own.
+
+        An earlier session's file is never replaced: if `session`'s name is taken (a session
+        killed before it recorded its number), the next free number is used.
+        """
         path = self.path / LEDGER_FILE
-        if path.exists():
-            path.replace(self.path / f"ledger.session-{session}.json")
+        if not path.exists():
+            return
+        target = self.path / f"ledger.session-{session}.json"
+        while target.exists():
+            session += 1
+            target = self.path / f"ledger.session-{session}.json"
+        path.replace(target)
 
     def earlier_ledgers(self) -> list[dict[str, Any]]:
         paths = sorted(
@@ -255,6 +266,11 @@ class RunDirectory:
             key=lambda p: int(p.stem.rsplit("-", 1)[-1]),
         )
         return [read_json(path) for path in paths]
+
+    def recorded_ledgers(self) -> list[dict[str, Any]]:
+        """Every session's ledger on disk: the archived ones and the last session's."""
+        last = self.read_ledger()
+        return [*self.earlier_ledgers(), *([last] if last is not None else [])]
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         atomic_write_json(self.path / SUMMARY_FILE, dict(summary))

@@ -1,12 +1,14 @@
 """A whole optimization run: tasks of a group, the run directory, resume, and the summary.
 
 `run_optimization` takes engines that are already open (the CLI opens them), runs the loop for
-each task, keeps the run directory current (state, ledger after every step, per-task files) and
-returns the summary that `summary.json` holds: per-task results, group averages as the paper
-reports them, tokens, dollars, wall time and improvement per dollar.
+each task, keeps the run directory current (state; the ledger every `ledger_interval_s` seconds
+and after every step, so a killed session's spend is kept; per-task files) and returns the
+summary that `summary.json` holds: per-task results, group averages as the paper reports them,
+tokens, dollars, wall time and improvement per dollar.
 
 Resuming: tasks whose `result.json` says "finished" are read back and not run again; any other
 task is run from its start, its answered requests replayed from the response cache for free.
+What earlier sessions spent is carried over into the engines' ledgers: budgets hold for the run.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 from benchmarks import aggregate, load_task
 from engine.engine import Engine
 from engine.evaluator import Evaluator, EvaluatorSettings
+from gpo.budget_guard import session_budgets
 from gpo.config import OptimizerConfig
 from gpo.embedders import EmbedderConfig, make_embedder
 from gpo.interfaces import GenerationEngine, ProgressListener, ScoringEvaluator, SilentProgress
@@ -44,6 +47,7 @@ class RunSpec:
     scoring: EvaluatorSettings = field(default_factory=EvaluatorSettings)
     data_dir: str | None = None
     tasks_at_once: int = 1
+    ledger_interval_s: float = 1.0
 
 
 def now_iso() -> str:
@@ -101,6 +105,39 @@ def _improvement(results: Sequence[TaskResult]) -> float | None:
     if not pairs:
         return None
     return 100 * sum(final - initial for final, initial in pairs) / len(pairs)
+
+
+def carry_over_spend(engines: Sequence[Any], earlier: Sequence[dict[str, Any]]) -> None:
+    """Count the earlier sessions' spend against the budgets of every distinct ledger."""
+    if not earlier:
+        return
+    totals = run_totals(earlier)
+    ledgers: list[Any] = []
+    for engine in engines:
+        ledger = getattr(engine, "ledger", None)
+        if ledger is not None and all(ledger is not seen for seen in ledgers):
+            ledgers.append(ledger)
+            ledger.carry_over(
+                int(totals.get("total_tokens", 0) or 0), float(totals.get("cost_usd", 0.0) or 0.0)
+            )
+
+
+async def _write_ledger_every(
+    run_dir: RunDirectory, engines: Sequence[Any], interval_s: float
+) -> None:
+    """Rewrite the run directory's ledger whenever it changed, every `interval_s` seconds."""
+    written: Any = None
+    while True:
+        await asyncio.sleep(interval_s)
+        snapshot = engines_snapshot(engines)
+        if snapshot["totals"] == written:
+            continue
+        try:
+            run_dir.write_ledger(snapshot)
+        except OSError as error:  # the step's own save reports it, with the flag to fix
+            logger.warning("cannot write the ledger: %s", error)
+            continue
+        written = snapshot["totals"]
 
 
 class _RecordingListener:
@@ -164,6 +201,8 @@ async def run_optimization(
             state["sessions"] = session + 1
             state["tasks"] = previous.get("tasks", {})
         earlier = run_dir.earlier_ledgers()
+        carry_over_spend(engines, earlier)
+        state["budgets"] = session_budgets(engines)
         state["started"] = now_iso()
         run_dir.write_state(state)
     recording = _RecordingListener(listener, run_dir, engines, state)
@@ -188,6 +227,9 @@ async def run_optimization(
     )
     gate = asyncio.Semaphore(spec.tasks_at_once)
     started = time.monotonic()
+    writer = None
+    if run_dir is not None and spec.ledger_interval_s > 0:
+        writer = asyncio.create_task(_write_ledger_every(run_dir, engines, spec.ledger_interval_s))
 
     async def run_task(name: str) -> TaskResult:
         recorder = run_dir.task(name) if run_dir is not None else None
@@ -204,11 +246,16 @@ async def run_optimization(
     try:
         results = list(await asyncio.gather(*(run_task(name) for name in spec.tasks)))
     except BaseException as error:
-        state["status"] = "failed" if isinstance(error, Exception) else "interrupted"
-        state["error"] = f"{type(error).__name__}: {error}"
+        failed = isinstance(error, Exception)
+        state["status"] = "failed" if failed else "interrupted"
+        state["error"] = (
+            f"{type(error).__name__}: {error}" if failed else "interrupted (Ctrl-C or SIGTERM)"
+        )
         recording.save()
         raise
     finally:
+        if writer is not None:
+            writer.cancel()
         if embedder is not None:
             await embedder.close()
     session_ledger = engines_snapshot(engines)
