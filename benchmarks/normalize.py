@@ -3,13 +3,15 @@
 Every parser first applies the shared normalisation (GPO.md, "Scoring the scorer's answers"):
 lowercase; drop markdown bold (`**`); keep the text after the last answer cue (`#### `,
 `answer is `, `answer: `, `answer is: `; only when none is present, `is: ` or `are: `); cut the
-text before ` is the correct/right/final answer`. Then, per type:
+text before ` is the correct/right/final answer` or ` is the answer`. Then, per type:
 
 - multiple choice: the first `(x)`; a bare letter ("B", "b.") when the whole answer is one;
   otherwise the normalised text itself (so a malformed gold label can still be matched exactly).
 - boolean: punctuation dropped; the answer's boolean word (true/yes/valid vs false/no/invalid are
   one class each; a lone `1`/`0` means true/false; "not" before the word flips it). The word is
-  the whole answer, else its first token, else the last boolean word in the text.
+  the whole answer, else its first token, else the last boolean word in the text, provided
+  every boolean word in the text names the same class (a hedge such as "I cannot say yes or
+  no." names none).
 - numeric: number words one..twelve become digits; the text after the last `=`; `$ , % € £ :`
   removed; the first token holding a digit if an answer cue was found, else the last; the first
   number in that token (so trailing letters drop), rounded half-to-even to an integer string.
@@ -30,7 +32,7 @@ from benchmarks.answer_types import BooleanVocabulary
 
 _PRIMARY_CUES: tuple[str, ...] = ("#### ", "answer is ", "answer: ", "answer is: ")
 _FALLBACK_CUES: tuple[str, ...] = ("is: ", "are: ")
-_VERDICT_SUFFIX = re.compile(r" is the (?:correct|right|final) answer")
+_VERDICT_SUFFIX = re.compile(r" is the (?:(?:correct|right|final) )?answer")
 
 _OPTION = re.compile(r"\(([a-z])\)")
 _BARE_LETTER = re.compile(r"([a-z])[.)]?")
@@ -182,11 +184,10 @@ def _boolean_verdict(tokens: list[str]) -> bool | None:
     positions = [i for i, token in enumerate(tokens) if token in _BOOLEAN_CLASSES]
     if not positions:
         return None
-    chosen = positions[0] if positions[0] == 0 else positions[-1]
-    verdict = _BOOLEAN_CLASSES[tokens[chosen]]
-    if chosen > 0 and tokens[chosen - 1] == "not":
-        verdict = not verdict
-    return verdict
+    if positions[0] == 0:
+        return _BOOLEAN_CLASSES[tokens[0]]
+    verdicts = {_BOOLEAN_CLASSES[tokens[i]] != (tokens[i - 1] == "not") for i in positions}
+    return verdicts.pop() if len(verdicts) == 1 else None
 
 
 def _round_to_integer_string(number: str) -> str:

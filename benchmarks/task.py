@@ -2,8 +2,10 @@
 
 A `Task` reads a split the first time it is asked for and keeps it; its answer type is derived
 from the gold targets of all its splits on first use (see `answer_types`). Scoring options are
-fixed when the task is made: the metric (accuracy, or ROUGE-L) and how ROUGE-L combines several
-references ("mean", the paper's choice, or "max").
+fixed when the task is made: the metric (accuracy, or ROUGE-L), how ROUGE-L combines several
+references ("mean", the paper's choice, or "max"), the answer rules ("reference", the reference
+implementation's scoring and the default, or "lenient", see docs/fidelity.md) and the ROUGE
+package ("rouge", the reference's, or "rouge_score", stemmed and lowercased).
 """
 
 from __future__ import annotations
@@ -29,13 +31,26 @@ logger = logging.getLogger(__name__)
 
 RougeReduction = Literal["mean", "max"]
 ROUGE_REDUCTIONS: tuple[str, ...] = ("mean", "max")
+AnswerRules = Literal["reference", "lenient"]
+ANSWER_RULES: tuple[str, ...] = ("reference", "lenient")
+RougePackage = Literal["rouge", "rouge_score"]
+ROUGE_PACKAGES: tuple[str, ...] = ("rouge", "rouge_score")
 _CLASSIFIED_TYPES = (AnswerType.MULTIPLE_CHOICE, AnswerType.BOOLEAN, AnswerType.NUMERIC)
 
 
 class Task:
     """One task, e.g. `bbh/navigate` (group "bbh", subtask "navigate") or `gsm8k`."""
 
-    __slots__ = ("_answer_spec", "_metric", "_splits", "directory", "name", "rouge_reduction")
+    __slots__ = (
+        "_answer_spec",
+        "_metric",
+        "_splits",
+        "answer_rules",
+        "directory",
+        "name",
+        "rouge_package",
+        "rouge_reduction",
+    )
 
     def __init__(
         self,
@@ -44,15 +59,17 @@ class Task:
         *,
         metric: Metric | str | None = None,
         rouge_reduction: RougeReduction = "mean",
+        answer_rules: AnswerRules = "reference",
+        rouge_package: RougePackage = "rouge",
     ) -> None:
         self.name = name
         self.directory = directory
-        if rouge_reduction not in ROUGE_REDUCTIONS:
-            raise ConfigError(
-                f"unknown ROUGE reduction {rouge_reduction!r} for task {name}; "
-                f"choose one of {', '.join(ROUGE_REDUCTIONS)}"
-            )
+        _check_choice(name, "ROUGE reduction", rouge_reduction, ROUGE_REDUCTIONS)
+        _check_choice(name, "answer rules", answer_rules, ANSWER_RULES)
+        _check_choice(name, "ROUGE package", rouge_package, ROUGE_PACKAGES)
         self.rouge_reduction: RougeReduction = rouge_reduction
+        self.answer_rules: AnswerRules = answer_rules
+        self.rouge_package: RougePackage = rouge_package
         self._splits: dict[str, tuple[Sample, ...]] = {}
         self._answer_spec: AnswerSpec | None = None
         self._metric: Metric | None = self._parse_metric(metric)
@@ -145,3 +162,10 @@ class Task:
             raise ConfigError(
                 f"unknown metric {metric!r} for task {self.name}; choose one of {known}"
             ) from None
+
+
+def _check_choice(task: str, what: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(
+            f"unknown {what} {value!r} for task {task}; choose one of {', '.join(valid)}"
+        )

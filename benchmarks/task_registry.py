@@ -16,7 +16,7 @@ from pathlib import Path
 from backends.errors import ConfigError, DataError
 from benchmarks.data_dir import resolve_data_dir
 from benchmarks.mmlu_categories import MMLU_CATEGORIES
-from benchmarks.task import RougeReduction, Task
+from benchmarks.task import AnswerRules, RougePackage, RougeReduction, Task
 
 BBH_TASKS: tuple[str, ...] = (
     "boolean_expressions",
@@ -108,8 +108,12 @@ def load_task(
     *,
     metric: str | None = None,
     rouge_reduction: RougeReduction = "mean",
+    answer_rules: AnswerRules = "reference",
+    rouge_package: RougePackage = "rouge",
 ) -> Task:
-    """The task called `name` (not a group), reading its data lazily from the data directory."""
+    """The task called `name` (not a group), reading its data lazily from the data directory.
+
+    `answer_rules` and `rouge_package` choose how answers are scored (see `Task`)."""
     name = name.strip()
     root = resolve_data_dir(data_dir)
     known = list_task_names(root)
@@ -126,7 +130,14 @@ def load_task(
             "directory holding it",
             path=str(directory),
         )
-    return Task(name, directory, metric=metric, rouge_reduction=rouge_reduction)
+    return Task(
+        name,
+        directory,
+        metric=metric,
+        rouge_reduction=rouge_reduction,
+        answer_rules=answer_rules,
+        rouge_package=rouge_package,
+    )
 
 
 def _expand(name: str, known: list[str], known_set: set[str]) -> list[str] | None:

@@ -1,7 +1,9 @@
 """Answer extraction, metrics and the second answer turn, on realistic scorer outputs.
 
 The acceptance bar: every gold target, fed back as the scorer's answer, scores 1.0 on every
-sample of every split of all 87 tasks.
+sample of every split of all 87 tasks, under both answer rules. Tests of a leniency that only
+`--answer-rules lenient` has load their tasks with it (the `lenient` fixture); the reference
+rules themselves are checked line by line in test_benchmarks_fidelity.py.
 """
 
 from __future__ import annotations
@@ -53,21 +55,30 @@ def tasks(data_dir: Path) -> dict[str, Task]:
     return {name: load_task(name, data_dir) for name in PAPER_TASK_NAMES}
 
 
+@pytest.fixture(scope="module")
+def lenient(data_dir: Path) -> dict[str, Task]:
+    """The tasks under `--answer-rules lenient`, for the leniencies the reference lacks."""
+    return {name: load_task(name, data_dir, answer_rules="lenient") for name in PAPER_TASK_NAMES}
+
+
 # -- the acceptance bar ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("rules", ["reference", "lenient"])
 def test_every_gold_target_scores_one_on_every_split_of_every_task(
-    tasks: dict[str, Task], data_dir: Path
+    data_dir: Path, rules: str
 ) -> None:
     checked = 0
     failures = []
-    for name, task in tasks.items():
+    for name in PAPER_TASK_NAMES:
+        task = load_task(name, data_dir, answer_rules=rules)  # type: ignore[arg-type]
         if task.answer_type is AnswerType.FREE_TEXT:
             task = load_task(name, data_dir, rouge_reduction="max")
         for split in SPLITS:
             for sample in task.split(split):
                 checked += 1
-                if score_answer(task, sample, sample.target) != 1.0:
+                # The `rouge` package's F of a text with itself is 1 - 5e-9 (its smoothing).
+                if score_answer(task, sample, sample.target) < 1.0 - 1e-6:
                     failures.append(f"{name}/{split}/{sample.id}: {sample.target!r}")
     assert not failures, failures[:10]
     assert checked > 10_000
@@ -86,14 +97,16 @@ def test_webnlg_mean_over_references_as_the_paper_reports(tasks: dict[str, Task]
         assert score == pytest.approx(expected)
         if len(set(sample.references)) == 1:
             single += 1
-            assert score == 1.0
+            assert score == pytest.approx(1.0, abs=1e-6)
         else:
             multiple += 1
             assert score < 1.0
     assert single and multiple
 
 
-def test_wrong_answers_score_zero_on_real_samples(tasks: dict[str, Task]) -> None:
+def test_wrong_answers_score_zero_on_real_samples(lenient: dict[str, Task]) -> None:
+    """Lenient only: the reference credits "-34" for 34 (it compares without punctuation)."""
+    tasks = lenient
     cases = {
         "bbh/navigate": "No",  # first test target is Yes
         "bbh/date_understanding": "(A)",  # (D)
@@ -204,7 +217,9 @@ def test_boolean_extraction(text: str, expected: str) -> None:
     assert parse_boolean(text, YES_NO) == expected
 
 
-def test_boolean_classes_are_shared_across_vocabularies(tasks: dict[str, Task]) -> None:
+def test_boolean_classes_are_shared_across_vocabularies(lenient: dict[str, Task]) -> None:
+    """Lenient only: the reference's classes are only label = true/false = 1/0."""
+    tasks = lenient
     fallacies = tasks["bbh/formal_fallacies"]
     sample = next(s for s in fallacies.split("test") if s.target == "valid")
     assert score_answer(fallacies, sample, "Valid") == 1.0
@@ -251,7 +266,9 @@ def test_numeric_extraction(text: str, expected: str) -> None:
     assert parse_number(text) == expected
 
 
-def test_negative_numbers_score(tasks: dict[str, Task]) -> None:
+def test_negative_numbers_score(lenient: dict[str, Task]) -> None:
+    """Lenient only: the reference credits a number without its minus sign."""
+    tasks = lenient
     task = tasks["bbh/multistep_arithmetic_two"]
     sample = next(s for s in task.split("test") if s.target.startswith("-"))
     assert score_answer(task, sample, f"So the answer is {sample.target}.") == 1.0
@@ -275,7 +292,9 @@ def test_dyck_extraction(text: str, expected: str) -> None:
     assert parse_dyck(text) == expected
 
 
-def test_dyck_scoring(tasks: dict[str, Task]) -> None:
+def test_dyck_scoring(lenient: dict[str, Task]) -> None:
+    """Lenient only: the reference compares the brackets with their spacing."""
+    tasks = lenient
     task = tasks["bbh/dyck_languages"]
     sample = next(s for s in task.split("test") if s.target == ") >")
     assert score_answer(task, sample, "The closing sequence is: ) >") == 1.0
@@ -300,7 +319,9 @@ def test_word_list_extraction(text: str, expected: str) -> None:
     assert parse_word_list(text) == expected
 
 
-def test_word_sorting_scoring(tasks: dict[str, Task]) -> None:
+def test_word_sorting_scoring(lenient: dict[str, Task]) -> None:
+    """Lenient only: the reference fails a `Sorted:` header and commas."""
+    tasks = lenient
     task = tasks["bbh/word_sorting"]
     sample = task.split("test")[0]
     words = sample.target.split()
@@ -312,12 +333,15 @@ def test_word_sorting_scoring(tasks: dict[str, Task]) -> None:
 # -- free text and ROUGE-L -------------------------------------------------------------------
 
 
-def test_rouge_l_mean_and_max() -> None:
+@pytest.mark.parametrize("package", ["rouge", "rouge_score"])
+def test_rouge_l_mean_and_max(package: str) -> None:
     references = ("the cat sat on the mat", "a dog barked")
-    assert rouge_l("the cat sat on the mat", references, "max") == 1.0
-    assert rouge_l("the cat sat on the mat", references, "mean") == pytest.approx(0.5)
-    assert rouge_l("", references) == 0.0
-    assert rouge_l("anything", ()) == 0.0
+    best = rouge_l("the cat sat on the mat", references, "max", package)
+    assert best == pytest.approx(1.0, abs=1e-6)
+    mean = rouge_l("the cat sat on the mat", references, "mean", package)
+    assert mean == pytest.approx(0.5, abs=1e-6)
+    assert rouge_l("", references, package=package) == 0.0
+    assert rouge_l("anything", (), package=package) == 0.0
 
 
 def test_webnlg_scores_partial_overlap(tasks: dict[str, Task]) -> None:
@@ -336,8 +360,8 @@ def test_wsc_rouge_option_compares_with_the_gold_option_text(data_dir: Path) -> 
     task = load_task("wsc", data_dir, metric="rouge_l")
     assert task.metric is Metric.ROUGE_L
     sample = task.split("test")[0]  # (B) Ovid
-    assert score_answer(task, sample, "Ovid") == 1.0
-    assert score_answer(task, sample, "The answer is: Ovid.") == 1.0
+    assert score_answer(task, sample, "Ovid") == pytest.approx(1.0, abs=1e-6)
+    assert score_answer(task, sample, "The answer is: Ovid.") == pytest.approx(1.0, abs=1e-6)
     assert score_answer(task, sample, "Shakespeare") == 0.0
     default = load_task("wsc", data_dir)
     assert default.metric is Metric.ACCURACY
