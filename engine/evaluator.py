@@ -232,7 +232,11 @@ class Evaluator:
                 request, priority=Priority.SCORING, phase=settings.phase
             )
             answers.append(answer.text)
-            follow_up = answer_turn(task, sample) if not isinstance(first, str) else None
+            follow_up = (
+                None
+                if isinstance(first, str)
+                else answer_turn(task, sample, first[-1][1], settings.layout.position)
+            )
             if follow_up is not None:
                 conversation: tuple[Message, ...] = (
                     *first,  # type: ignore[misc]

@@ -382,7 +382,7 @@ def test_answer_turn_texts(tasks: dict[str, Task]) -> None:
     assert turn("bbh/date_understanding") == (
         "Therefore, summarize your answer with an option among (A) and (F)."
     )
-    assert turn("wsc") == "Therefore, summarize your answer with an option among (A) and (B)."
+    assert turn("wsc") == "Therefore, summarize your answer with an option between (A) and (B)."
     assert turn("bbh/boolean_expressions") == (
         'Directly tell me your answer using only "True" or "False".'
     )
@@ -393,16 +393,20 @@ def test_answer_turn_texts(tasks: dict[str, Task]) -> None:
     numeric = "Therefore, summarize your final answer with just one number in your response."
     assert turn("gsm8k") == numeric
     assert turn("bbh/object_counting") == numeric
-    dyck, words = turn("bbh/dyck_languages"), turn("bbh/word_sorting")
-    assert dyck is not None and dyck.startswith("Directly output the closing brackets")
-    assert words is not None and words.startswith("Directly output the sorted words")
+    assert turn("bbh/dyck_languages") == (
+        "Directly output the newly added parentheses that make the parentheses close correctly."
+    )
+    assert turn("bbh/word_sorting") == (
+        "Directly output the result of sorting the words alphabetically, separating each word "
+        "with a space."
+    )
     assert turn("webnlg") is None
 
 
 def test_every_choice_question_gets_its_last_listed_option(tasks: dict[str, Task]) -> None:
     for task in tasks.values():
-        if task.answer_type is not AnswerType.MULTIPLE_CHOICE:
-            continue
+        if task.answer_type is not AnswerType.MULTIPLE_CHOICE or task.group != "bbh":
+            continue  # MMLU always names (D), WSC (B), as the reference does
         for sample in task.split("test"):
             text = answer_turn(task, sample)
             assert text is not None, f"{task.name}/{sample.id}"
@@ -416,7 +420,7 @@ def test_every_choice_question_gets_its_last_listed_option(tasks: dict[str, Task
 
 
 def test_a_letter_quoted_in_the_question_is_not_an_option(tasks: dict[str, Task]) -> None:
-    task = tasks["mmlu/anatomy"]
+    task = tasks["bbh/date_understanding"]
     sample = Sample("x", "Given P(E) = 0.3, which holds?\n(A) one\n(B) two", "(A)")
     assert answer_turn(task, sample) == (
         "Therefore, summarize your answer with an option among (A) and (B)."
