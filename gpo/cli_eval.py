@@ -38,6 +38,7 @@ from gpo.endpoints import (
     open_engines,
 )
 from gpo.eval_job import EvalJob, check_out_dir, ensure_writable_dir, fresh_dir, run_eval_job
+from gpo.scoring_rules import ScoringRules, add_scoring_rule_arguments
 from gpo.user_text import check_arguments, read_text_file
 
 DEFAULT_PROMPT = "Let's think step by step."
@@ -131,6 +132,7 @@ def add_parser(subparsers: Any) -> None:
         metavar="N",
         help="answer-pinning turn max new tokens (default 100)",
     )
+    add_scoring_rule_arguments(parser)
     add_endpoint_arguments(parser, "scorer")
     add_shared_arguments(parser)
 
@@ -190,7 +192,14 @@ def build_job(args: argparse.Namespace) -> EvalJob:
         first_turn=SamplingParams(max_tokens=args.max_tokens),
         follow_up=SamplingParams(max_tokens=args.follow_up_max_tokens),
     )
-    return EvalJob(prompts, tuple(args.split or ["test"]), args.limit, args.data_dir, settings)
+    return EvalJob(
+        prompts,
+        tuple(args.split or ["test"]),
+        args.limit,
+        args.data_dir,
+        settings,
+        rules=ScoringRules.from_args(args),
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -71,6 +71,7 @@ from gpo.run_dir import RunDirectory
 from gpo.run_lock import RunLock
 from gpo.runner import RunSpec, now_iso, run_optimization
 from gpo.schedules import SCHEDULE_KINDS
+from gpo.scoring_rules import ScoringRules, add_scoring_rule_arguments
 from gpo.stop_signals import EXIT_TERMINATED, TerminationGuard
 from gpo.user_text import check_arguments
 
@@ -266,6 +267,7 @@ def add_parser(subparsers: Any) -> None:
         metavar="N",
         help="pinning turn (100)",
     )
+    add_scoring_rule_arguments(scoring)
 
     run = parser.add_argument_group("run")
     run.add_argument("--run-dir", type=Path, metavar="DIR", help="default runs/TIMESTAMP-METHOD")
@@ -371,6 +373,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         scoring=scoring,
         data_dir=args.data_dir,
         tasks_at_once=args.tasks_at_once,
+        rules=ScoringRules.from_args(args),
     )
 
 
@@ -399,6 +402,7 @@ def run_config(spec: RunSpec, args: argparse.Namespace) -> dict[str, Any]:
             "shots": spec.scoring.layout.shots,
             "max_tokens": spec.scoring.first_turn.max_tokens,
             "follow_up_max_tokens": spec.scoring.follow_up.max_tokens,
+            **spec.rules.to_json(),
         },
         "data_dir": args.data_dir,
         "arguments": stored_arguments(args),

@@ -26,6 +26,7 @@ from benchmarks import aggregate, load_task
 from engine.engine import Engine
 from engine.evaluator import EvaluationResult, Evaluator, EvaluatorSettings, SampleRecord
 from gpo.run_dir import CONFIG_FILE, STATE_FILE
+from gpo.scoring_rules import ScoringRules
 
 RECORDS_FILE = "records.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -43,6 +44,7 @@ class EvalJob:
     data_dir: str | None = None
     settings: EvaluatorSettings = field(default_factory=EvaluatorSettings)
     tasks_at_once: int = 8
+    rules: ScoringRules = field(default_factory=ScoringRules)
 
 
 def check_out_dir(path: Path, *, overwrite: bool, flag: str = "--out") -> None:
@@ -103,7 +105,10 @@ async def run_eval_job(
     on_record: Callable[[SampleRecord], None] | None = None,
 ) -> dict[str, Any]:
     """Run the job through `engine`, writing records and summary into `out_dir`."""
-    tasks = {name: load_task(name, job.data_dir) for name in job.prompts_by_task}
+    tasks = {
+        name: load_task(name, job.data_dir, **job.rules.task_options())
+        for name in job.prompts_by_task
+    }
     evaluator = Evaluator(engine, job.settings)
     records_file: BinaryIO
     # One evaluation per output folder (see `check_out_dir`): records are replaced, not doubled.
@@ -139,6 +144,7 @@ async def run_eval_job(
         work = [(name, split) for name in job.prompts_by_task for split in job.splits]
         results = await asyncio.gather(*(evaluate(name, split) for name, split in work))
     summary = summarise(results, engine)
+    summary["scoring_rules"] = job.rules.to_json()
     write_json_atomic(out_dir / SUMMARY_FILE, summary)
     return summary
 

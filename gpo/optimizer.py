@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -132,8 +132,11 @@ class PromptOptimizer:
         embedder: Embedder | None = None,
         listener: ProgressListener | None = None,
         budget_engines: Sequence[Any] = (),
+        format_draws: Mapping[str, list[int]] | None = None,
     ) -> None:
         self.config = config
+        # Format-example indices drawn across the run's tasks (gpo/format_draws.py).
+        self.format_draws = dict(format_draws or {})
         self.evaluator = evaluator
         self.optimizer = optimizer
         self.embedder = embedder
@@ -168,12 +171,14 @@ class _TaskRun:
         self.steps_per_epoch = 0
         if cfg.optimize:
             format_all = task.split("format")
-            indices = draw_format_indices(
-                cfg.seed,
-                (len(train_all), len(dev_all), len(task.split("test"))),
-                len(format_all),
-                cfg.format_examples,
-            )
+            indices = owner.format_draws.get(self.name)
+            if indices is None:
+                indices = draw_format_indices(
+                    cfg.seed,
+                    (len(train_all), len(dev_all), len(task.split("test"))),
+                    len(format_all),
+                    cfg.format_examples,
+                )
             self.examples = [
                 FormatExample(format_all[i].input, format_all[i].target) for i in indices
             ]

@@ -27,11 +27,13 @@ from engine.evaluator import Evaluator, EvaluatorSettings
 from gpo.budget_guard import session_budgets
 from gpo.config import OptimizerConfig
 from gpo.embedders import EmbedderConfig, make_embedder
+from gpo.format_draws import draw_run_format_indices
 from gpo.interfaces import GenerationEngine, ProgressListener, ScoringEvaluator, SilentProgress
 from gpo.ledger_view import engines_snapshot, run_totals
 from gpo.optimizer import PromptOptimizer
 from gpo.results import TaskResult
 from gpo.run_dir import RunDirectory
+from gpo.scoring_rules import ScoringRules
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class RunSpec:
     data_dir: str | None = None
     tasks_at_once: int = 1
     ledger_interval_s: float = 1.0
+    rules: ScoringRules = field(default_factory=ScoringRules)
 
 
 def now_iso() -> str:
@@ -206,7 +209,16 @@ async def run_optimization(
         state["started"] = now_iso()
         run_dir.write_state(state)
     recording = _RecordingListener(listener, run_dir, engines, state)
-    tasks = {name: load_task(name, spec.data_dir) for name in spec.tasks}
+    tasks = {
+        name: load_task(name, spec.data_dir, **spec.rules.task_options()) for name in spec.tasks
+    }
+    format_draws = (
+        draw_run_format_indices(
+            spec.optimizer.seed, list(tasks.values()), spec.optimizer.format_examples
+        )
+        if spec.optimizer.optimize
+        else {}
+    )
     embedder = None
     if spec.optimizer.optimize and spec.optimizer.direction == "relevance":
         embedder = make_embedder(
@@ -224,6 +236,7 @@ async def run_optimization(
         embedder=embedder,
         listener=recording,
         budget_engines=(scorer, optimizer),
+        format_draws=format_draws,
     )
     gate = asyncio.Semaphore(spec.tasks_at_once)
     started = time.monotonic()
