@@ -17,7 +17,11 @@ wording and blank lines:
 
 The budget sentence is inserted before the last line followed by a blank line, as the reference
 does. Scores are fractions in [0, 1] inside the program; `percent` prints them on the 0-100 scale
-the text announces (rounded to an integer), `raw` prints the fraction as the reference code did.
+the text announces (rounded to an integer). `raw` is the reference code's text: the fraction in a
+trajectory, `round(score, 2)` where one prompt is shown with its score (APE, APO, SGDM), and the
+editing variant's wording ("Modify the current prompt and get ...", "..., modify the current
+prompt, and get ...", "Wrap the modified prompt ...", and "with your text" in the exemplar
+explanation when an edit without reflection shows a trajectory).
 """
 
 from __future__ import annotations
@@ -88,6 +92,11 @@ def format_score(score: float, scale: ScoreScale) -> str:
     raise ConfigError(f"unknown score scale {scale!r} (--score-scale); valid: percent, raw")
 
 
+def format_single_score(score: float, scale: ScoreScale) -> str:
+    """A score shown alone: as `format_score`, but `raw` rounds to 2 places as the reference."""
+    return str(round(float(score), 2)) if scale == "raw" else format_score(score, scale)
+
+
 def position_phrase(position: Position) -> str:
     check_choice(position, POSITIONS, "--position", "instruction position")
     return _POSITION_PHRASES[position]
@@ -139,12 +148,23 @@ def render_update_prompt(
     """
     check_choice(style, UPDATE_STYLES, "--update", "update style")
     where = position_phrase(position)
+    reference = score_scale == "raw"
+    wrap = WRAP_PROMPT
+    explanation = EXEMPLAR_EXPLANATION
     if style == "generate":
         intro = "Your task is to write a prompt to replace <Prompt>."
-        act = "write a new improved prompt"
+        act = "and write a new improved prompt"
+        alone = "write a new improved prompt"
     else:
         intro = "Your task is to modify the current prompt to replace <Prompt>."
-        act = "modify the current prompt, and get a new improved prompt"
+        act = "and modify the current prompt, and get a new improved prompt"
+        alone = "modify the current prompt, and get a new improved prompt"
+        if reference:
+            act = "modify the current prompt, and get a new improved prompt"
+            alone = "modify the current prompt and get a new improved prompt"
+            wrap = "Wrap the modified prompt with <START> and <END>."
+            if problems is None and (shown or previous_summary is not None):
+                explanation = explanation.replace("with your new prompt", "with your text")
 
     if shown:
         blocks = "\n\n".join(
@@ -152,21 +172,21 @@ def render_update_prompt(
             for entry in shown
         )
         direction = f"{TRAJECTORY_HEADER}\n\n{blocks}\n\n"
-        instruction = f"Carefully analyze the previous prompts and their scores, and {act}"
+        instruction = f"Carefully analyze the previous prompts and their scores, {act}"
     elif previous_summary is not None:
         direction = (
             f"Below is the previous prompt with its score. {SINGLE_SCORE_RANGE}\n"
             f"Prompt: {previous_summary.prompt}\n"
-            f"Score: {format_score(previous_summary.dev_score, score_scale)}\n\n"
+            f"Score: {format_single_score(previous_summary.dev_score, score_scale)}\n\n"
         )
-        instruction = f"Carefully analyze the previous prompt and its score, and {act}"
+        instruction = f"Carefully analyze the previous prompt and its score, {act}"
     else:
         direction = (
             f"Below is the current prompt with its score. {SINGLE_SCORE_RANGE}\n"
             f"Prompt: {current.prompt}\n"
-            f"Score: {format_score(current.dev_score, score_scale)}\n\n"
+            f"Score: {format_single_score(current.dev_score, score_scale)}\n\n"
         )
-        instruction = act[0].upper() + act[1:]
+        instruction = alone[0].upper() + alone[1:]
 
     problem_block = (
         f"Below are the problems with this prompt.\n\n{problems}\n\n"
@@ -178,10 +198,10 @@ def render_update_prompt(
         f"{direction}"
         f"The current prompt is:\n{current.prompt}\n\n"
         f"{problem_block}"
-        f"{EXEMPLAR_EXPLANATION}\n\n"
+        f"{explanation}\n\n"
         f"{render_examples(examples, position)}\n\n"
         f"{instruction} to replace <Prompt> {where} in the task examples.\n"
-        f"{WRAP_PROMPT}"
+        f"{wrap}"
     )
     return insert_word_budget(text, word_budget)
 
@@ -232,9 +252,11 @@ def render_prompt_summary_prompt(
         "create a new prompt.\n"
         f"{SINGLE_SCORE_RANGE}\n\n"
         "Below is the previous prompt with its score.\n"
-        f"Prompt: {previous.prompt}\nScore: {format_score(previous.dev_score, score_scale)}\n\n"
+        f"Prompt: {previous.prompt}\n"
+        f"Score: {format_single_score(previous.dev_score, score_scale)}\n\n"
         "Below is the current prompt with its score.\n"
-        f"Prompt: {current.prompt}\nScore: {format_score(current.dev_score, score_scale)}\n\n"
+        f"Prompt: {current.prompt}\n"
+        f"Score: {format_single_score(current.dev_score, score_scale)}\n\n"
         "You should create a new prompt based on the previous and current prompt with their "
         "score.\n"
         "Wrap the created prompt with <START> and <END>."
