@@ -416,3 +416,26 @@ def test_raw_scale_prints_a_single_score_rounded_and_edits_in_the_references_wor
         "and get a new improved prompt"
     ) in edit
     assert "you replace <Prompt> in each input with your text, then" in edit
+
+
+# -- the flags and the run's record ---------------------------------------------------------------
+
+
+def test_answer_rules_flags_reach_the_run_and_its_config() -> None:
+    from gpo.cli import build_parser
+    from gpo.cli_eval import build_job
+    from gpo.cli_optimize import build_optimize_parser, run_config, spec_from_args
+
+    base = ["--task", "bbh/navigate", "--data-dir", str(DATA_DIR)]
+    default = spec_from_args(build_optimize_parser().parse_args(base))
+    assert default.rules.to_json() == {"answer_rules": "reference", "rouge_package": "rouge"}
+    args = build_optimize_parser().parse_args(
+        [*base, "--answer-rules", "lenient", "--rouge-package", "rouge_score"]
+    )
+    config = run_config(spec_from_args(args), args)
+    assert config["scoring"]["answer_rules"] == "lenient"
+    assert config["scoring"]["rouge_package"] == "rouge_score"
+    eval_args = build_parser().parse_args(["eval", *base, "--answer-rules", "lenient"])
+    assert build_job(eval_args).rules.answer_rules == "lenient"
+    with pytest.raises(SystemExit):
+        build_optimize_parser().parse_args([*base, "--answer-rules", "loose"])
