@@ -19,6 +19,7 @@ import asyncio
 import atexit
 import contextlib
 import ctypes
+import http.client
 import logging
 import os
 import shlex
@@ -124,13 +125,13 @@ def _exit_phrase(code: int | None) -> str:
 
 
 def _http_status(url: str, timeout_s: float) -> int | None:
-    """The HTTP status of GET `url`, or None when nothing answers."""
+    """The HTTP status of GET `url`, or None when nothing answers or the answer is cut short."""
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             return int(response.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):
         return None
 
 

@@ -2,14 +2,17 @@
 
 The simulated vLLM server is the load and fault instrument; this one is for checking how the
 client classifies one precise answer, and how the engine reacts to a precise sequence of them.
+`raw_server` goes below HTTP, for peers that cut a connection at a precise moment.
 """
 
 from __future__ import annotations
 
 import inspect
 import socket
+import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import orjson
@@ -115,3 +118,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def raw_server(on_connection: Callable[[socket.socket], None]) -> Iterator[str]:
+    """A loopback listener that hands each accepted connection to `on_connection`."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            on_connection(connection)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        with suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        listener.close()
+        thread.join(60)
+        assert not thread.is_alive()

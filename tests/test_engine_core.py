@@ -14,6 +14,7 @@ from backends.protocol import Capabilities, Request, SamplingParams
 from engine.cache import ResponseCache
 from engine.engine import BudgetExhausted, Engine, EngineConfig, Priority, RequestFailed
 from tests.scripted_server import ScriptedServer
+from tests.waiting import DEADLINE_S, wait_until_async
 
 
 @pytest.fixture
@@ -132,16 +133,18 @@ async def test_one_invalid_prompt_does_not_sink_its_batch(server):
 
 async def test_optimizer_priority_goes_before_queued_scoring(server):
     gate = asyncio.Event()
+    arrived = asyncio.Event()
 
     async def held(body):
+        arrived.set()
         await gate.wait()
 
     server.script.append(held)
     async with make_engine(server, max_concurrency=1, max_batch_size=1) as engine:
         blocker = asyncio.ensure_future(engine.generate(prompt(0)))
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(arrived.wait(), DEADLINE_S)  # the only slot is taken
         scoring = [asyncio.ensure_future(engine.generate(prompt(i))) for i in range(1, 4)]
-        await asyncio.sleep(0)
+        assert await wait_until_async(lambda: engine.queued == 3)
         optimizer = asyncio.ensure_future(
             engine.generate(
                 Request(prompt="opt", params=SamplingParams(max_tokens=8)),
@@ -149,7 +152,7 @@ async def test_optimizer_priority_goes_before_queued_scoring(server):
                 phase="optimizing",
             )
         )
-        await asyncio.sleep(0.05)
+        assert await wait_until_async(lambda: engine.queued == 4)  # queued after the scoring
         gate.set()
         await asyncio.gather(blocker, optimizer, *scoring)
     sent = [b["prompt"] for b in server.bodies]
@@ -197,7 +200,7 @@ def test_two_processes_write_one_cache_file(tmp_path):
     for w in workers:
         w.start()
     for w in workers:
-        w.join(60)
+        w.join(DEADLINE_S)
     assert [w.exitcode for w in workers] == [0, 0]
     cache = ResponseCache(path)
     assert len(cache) == 450

@@ -69,18 +69,22 @@ async def test_first_error_cancels_the_rest_and_is_raised_once_all_ended():
 
 
 async def test_cancelling_the_wait_cancels_the_workers():
-    cancelled = 0
+    started = cancelled = 0
+    all_started = asyncio.Event()
 
     async def worker() -> None:
-        nonlocal cancelled
+        nonlocal started, cancelled
+        started += 1
+        if started == 9:
+            all_started.set()
         try:
-            await asyncio.sleep(60)
+            await asyncio.Event().wait()  # until cancelled
         except asyncio.CancelledError:
             cancelled += 1
             raise
 
     waiting = asyncio.ensure_future(run_in_waves(worker, 9, wave=4))
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(all_started.wait(), 60)  # three waves: three passes of the loop
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting

@@ -96,7 +96,7 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def wait_until(condition: Callable[[], bool], within_s: float = 20.0) -> bool:
+def wait_until(condition: Callable[[], bool], within_s: float = 120.0) -> bool:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         if condition():

@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 import textwrap
-import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from backends.errors import ConfigError
 from backends.managed_process import (
     ManagedServer,
     ServerStartFailed,
+    _http_status,
     option_value,
     redact_argv,
     remove_options,
@@ -37,6 +38,8 @@ from backends.vllm_serve import (
     max_num_seqs_from_args,
     parse_nvidia_smi,
 )
+from tests.scripted_server import raw_server
+from tests.waiting import DEADLINE_S, wait_until, wait_until_async
 
 FAKE_SERVER = textwrap.dedent(
     """\
@@ -137,18 +140,13 @@ def is_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def wait_gone(pid: int, within_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if not is_alive(pid):
-            return True
-        time.sleep(0.05)
-    return False
+def wait_gone(pid: int) -> bool:
+    return wait_until(lambda: not is_alive(pid))
 
 
 def http_status(url: str) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(url, timeout=DEADLINE_S) as response:
             return int(response.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
@@ -254,10 +252,7 @@ async def test_children_of_the_server_are_stopped_too(fake_server: Path, tmp_pat
 async def test_cancellation_during_startup_stops_the_process(fake_server: Path) -> None:
     server = ManagedServer(fake_command(fake_server, "--delay", "60"), name="fake")
     task = asyncio.create_task(server.start())
-    for _ in range(200):
-        if server.pid is not None:
-            break
-        await asyncio.sleep(0.01)
+    assert await wait_until_async(lambda: server.pid is not None)
     pid = server.pid
     assert pid is not None
     task.cancel()
@@ -316,12 +311,22 @@ def test_describe_exit_after_the_server_dies(fake_server: Path) -> None:
         pid = server.pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while server.running and time.monotonic() < deadline:
-            time.sleep(0.02)
+        assert wait_until(lambda: not server.running)
         assert "was killed by signal 9" in server.describe_exit()
     finally:
         server.stop_sync()
+
+
+def garbled_status_line(connection: socket.socket) -> None:
+    """A server half up: it takes the request and answers no valid HTTP."""
+    connection.recv(65536)
+    connection.sendall(b"not http at all\r\n\r\n")
+    connection.close()
+
+
+def test_readiness_probe_treats_a_cut_or_garbled_answer_as_not_ready() -> None:
+    with raw_server(garbled_status_line) as url:
+        assert _http_status(f"{url}/health", timeout_s=DEADLINE_S) is None
 
 
 def test_command_line_helpers() -> None:

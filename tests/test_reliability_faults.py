@@ -31,6 +31,7 @@ from perf.fault_cells import (
 from perf.fault_matrix import Reference, run_cell, run_reference
 from perf.fault_run import plan, run_evaluation
 from tests.gpo_fakes import DATA_DIR
+from tests.waiting import DEADLINE_S
 
 SETTINGS = MatrixSettings(
     requests=500,
@@ -53,10 +54,15 @@ def task() -> Task:
     return load_task(SETTINGS.task, SETTINGS.data_dir)
 
 
+FAULT_FREE = dataclasses.replace(SETTINGS, request_timeout_s=DEADLINE_S)
+"""For runs against a fault-free server, which must lose nothing: no call needs a short timeout
+there, and a loaded CPU must not turn slow answers into failures."""
+
+
 @pytest.fixture(scope="module")
 def reference(task: Task, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reference]:
     folder = tmp_path_factory.mktemp("reference")
-    yield asyncio.run(run_reference(SETTINGS, task, folder))
+    yield asyncio.run(run_reference(FAULT_FREE, task, folder))
 
 
 def test_reference_run_is_complete(reference: Reference) -> None:
@@ -98,7 +104,7 @@ def test_checker_catches_a_missing_and_an_altered_record(
 ) -> None:
     run = asyncio.run(
         run_evaluation(
-            SETTINGS, task, SimulatedServerConfig(time_scale=SETTINGS.time_scale), tmp_path / "c"
+            FAULT_FREE, task, SimulatedServerConfig(time_scale=SETTINGS.time_scale), tmp_path / "c"
         )
     )
     assert run.result is not None

@@ -2,6 +2,10 @@
 `--resume`, must end with the same final prompts and scores as an uninterrupted run and must not
 send again any request answered before the kill.
 
+A moment is a point of progress, not of time: the kill comes once the run's cache holds a number
+of answers drawn between none and 90% of an uninterrupted run's, so the spread of moments does
+not depend on how busy the machine is.
+
 "Answered before the kill" is what the run had saved: the cache entries in its run directory
 right after the kill. After the resume, the simulated server's count of sequences generated
 during the resume must equal the sequences of the cache entries the resume added: one more
@@ -10,9 +14,9 @@ sequence would be an answered request paid for twice."""
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import sqlite3
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,7 @@ from tests.gpo_process import (
     run_gpo,
     start_gpo,
 )
+from tests.waiting import CONNECTION_ERRORS, DEADLINE_S, wait_until
 
 TRIALS = 20
 
@@ -61,85 +66,111 @@ def served(server: SimulatedServerProcess) -> float:
     return metric_total(server.metrics(), "sim_sequences_served_total")
 
 
-def wait_until_idle(server: SimulatedServerProcess, timeout_s: float = 30.0) -> None:
-    """Until the server holds no sequence of the killed client (it aborts them on disconnect)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+def answers_saved(cache: Path) -> int | None:
+    """How many answers a running run's cache holds now; None while it cannot be read yet."""
+    if not cache.exists():
+        return 0
+    try:
+        connection = sqlite3.connect(f"file:{cache}?mode=ro", uri=True, timeout=DEADLINE_S)
+        try:
+            return connection.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+        finally:
+            connection.close()
+    except sqlite3.Error:  # not created yet, or caught mid-creation
+        return None
+
+
+def busy_sequences(server: SimulatedServerProcess) -> float | None:
+    try:
         metrics = server.metrics()
-        busy = metric_total(metrics, "vllm:num_requests_running") + metric_total(
-            metrics, "vllm:num_requests_waiting"
-        )
-        if busy == 0:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the server stayed busy after the client was killed")
+    except CONNECTION_ERRORS:
+        return None
+    return metric_total(metrics, "vllm:num_requests_running") + metric_total(
+        metrics, "vllm:num_requests_waiting"
+    )
+
+
+def wait_until_idle(server: SimulatedServerProcess) -> None:
+    """Until the server holds no sequence of the killed client (it aborts them on disconnect)."""
+    if not wait_until(lambda: busy_sequences(server) == 0):
+        raise AssertionError("the server stayed busy after the client was killed")
 
 
 @dataclass
 class Trial:
-    delay_s: float
+    target_answers: int
     answered_before_kill: int
     resent: int
     sent_by_resume: int
     same_result: bool
 
 
-def kill_at(url: str, run_dir: Path, delay_s: float) -> bool:
-    """Start a run, SIGKILL it `delay_s` after its run directory exists; False if it finished
-    first."""
+def kill_at(url: str, run_dir: Path, answers: int) -> bool:
+    """Start a run, SIGKILL it once its cache holds `answers` answers (0: once its run directory
+    exists); False if it finished first."""
     process = start_gpo(*optimize_args(url, run_dir), capture=False)
+    cache = run_dir / "cache.sqlite"
+
+    def due() -> bool:
+        if process.poll() is not None:
+            return True
+        if not (run_dir / "config.json").exists():
+            return False
+        saved = answers_saved(cache)
+        return saved is not None and saved >= answers
+
     try:
-        deadline = time.monotonic() + 60
-        while not (run_dir / "config.json").exists() and time.monotonic() < deadline:
-            if process.poll() is not None:
-                break
-            time.sleep(0.005)
-        time.sleep(delay_s)
+        assert wait_until(due, interval_s=0.005), "the run made no progress"
         if process.poll() is not None:
             return False
         process.send_signal(signal.SIGKILL)
     finally:
-        process.wait(timeout=30)
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=DEADLINE_S)
     return True
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(server, tmp_path_factory) -> tuple[dict[str, Any], float]:
+def uninterrupted(server, tmp_path_factory) -> tuple[dict[str, Any], int]:
+    """The uninterrupted run's outcome and the number of answers it saved."""
     run_dir = tmp_path_factory.mktemp("whole") / "run"
-    started = time.monotonic()
     done = run_gpo(*optimize_args(f"{server.url}/v1", run_dir))
     assert done.returncode == 0, done.stderr
-    return outcome(run_dir), time.monotonic() - started
+    return outcome(run_dir), len(cached_sequences(run_dir / "cache.sqlite"))
 
 
 @pytest.mark.slow
 def test_twenty_kills_at_random_moments_resume_to_the_same_result(
     server, uninterrupted, tmp_path
 ) -> None:
-    reference, duration = uninterrupted
+    reference, total_answers = uninterrupted
     url = f"{server.url}/v1"
     chooser = random.Random(20)
     trials: list[Trial] = []
     for index in range(TRIALS):
         run_dir = tmp_path / f"trial-{index:02d}"
-        delay = chooser.uniform(0.0, 0.9 * duration)
-        while not kill_at(url, run_dir, delay):
-            for path in sorted(run_dir.rglob("*"), reverse=True):
-                path.unlink() if path.is_file() else path.rmdir()
-            delay /= 2
+        target = chooser.randint(0, int(0.9 * total_answers))
+        for _ in range(8):
+            if kill_at(url, run_dir, target):
+                break
+            shutil.rmtree(run_dir)  # it finished first: aim earlier
+            target //= 2
+        else:
+            raise AssertionError(f"trial {index}: every run finished before it could be killed")
         wait_until_idle(server)
         before_kill = cached_sequences(run_dir / "cache.sqlite")
         served_before = served(server)
 
         resumed = run_gpo("optimize", "--resume", str(run_dir), "--no-progress")
-        assert resumed.returncode == 0, (index, delay, resumed.stderr)
+        assert resumed.returncode == 0, (index, target, resumed.stderr)
         after = cached_sequences(run_dir / "cache.sqlite")
         added = {key: n for key, n in after.items() if key not in before_kill}
         sent = served(server) - served_before
         assert before_kill.keys() <= after.keys()
         trials.append(
             Trial(
-                delay_s=delay,
+                target_answers=target,
                 answered_before_kill=len(before_kill),
                 resent=int(sent - sum(added.values())),
                 sent_by_resume=int(sent),

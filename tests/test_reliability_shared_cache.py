@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from multiprocessing.synchronize import Event as ProcessEvent
+from multiprocessing.synchronize import Barrier as ProcessBarrier
 from pathlib import Path
 
 import orjson
@@ -28,6 +28,7 @@ from benchmarks import load_task
 from engine.cache import ResponseCache
 from tests.gpo_fakes import DATA_DIR
 from tests.gpo_process import REPO, TASK, answered_server, start_gpo
+from tests.waiting import DEADLINE_S
 
 KEYS = [f"key-{i:04d}".encode() for i in range(600)]
 
@@ -36,14 +37,14 @@ def answer_for(key: bytes) -> Completion:
     return Completion((f"answer to {key.decode()}",), len(key), 7, ("stop",))
 
 
-def _racing_worker(path: str, seed: int, start: ProcessEvent, out: str) -> None:
+def _racing_worker(path: str, seed: int, start: ProcessBarrier, out: str) -> None:
     """Claim, answer and wait for the shared keys in a random order, like an engine would."""
     cache = ResponseCache(path)
     order = list(KEYS)
     random.Random(seed).shuffle(order)
     computed: list[str] = []
     waiting: list[bytes] = []
-    start.wait(30)
+    start.wait(DEADLINE_S)  # all four begin together, however long each took to start
 
     def answer(keys: list[bytes]) -> None:
         time.sleep(0.002 * len(keys))  # the "HTTP call"
@@ -54,7 +55,7 @@ def _racing_worker(path: str, seed: int, start: ProcessEvent, out: str) -> None:
         outcome = cache.claim_many(order[begin : begin + 16], ttl_s=60)
         waiting.extend(outcome.elsewhere)
         answer(outcome.mine)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + DEADLINE_S
     while waiting and time.monotonic() < deadline:
         poll = cache.poll_claims(waiting)
         if poll.free:
@@ -70,7 +71,7 @@ def _racing_worker(path: str, seed: int, start: ProcessEvent, out: str) -> None:
 def test_four_processes_racing_on_one_cache_answer_each_key_once(tmp_path: Path) -> None:
     path = str(tmp_path / "shared.sqlite")
     context = multiprocessing.get_context("spawn")
-    start = context.Event()
+    start = context.Barrier(4)
     outs = [str(tmp_path / f"worker-{i}.json") for i in range(4)]
     workers = [
         context.Process(target=_racing_worker, args=(path, seed, start, out))
@@ -78,9 +79,8 @@ def test_four_processes_racing_on_one_cache_answer_each_key_once(tmp_path: Path)
     ]
     for worker in workers:
         worker.start()
-    start.set()
     for worker in workers:
-        worker.join(120)
+        worker.join(2 * DEADLINE_S)
     assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
     reports = [orjson.loads(Path(out).read_bytes()) for out in outs]
     computed = [key for report in reports for key in report["computed"]]
@@ -119,7 +119,7 @@ def test_claims_of_a_killed_process_are_ignored_at_once(tmp_path: Path) -> None:
     context = multiprocessing.get_context("spawn")
     victim = context.Process(target=_claim_and_die, args=(path,))
     victim.start()
-    victim.join(60)
+    victim.join(DEADLINE_S)
     assert victim.exitcode == -signal.SIGKILL
     assert claim_rows(path) == 10  # unexpired, but their owner is gone
     poll = cache.poll_claims(KEYS[:10])
@@ -135,7 +135,7 @@ def test_opening_a_cache_forgets_the_claims_of_dead_processes(tmp_path: Path) ->
     context = multiprocessing.get_context("spawn")
     victim = context.Process(target=_claim_and_die, args=(path,))
     victim.start()
-    victim.join(60)
+    victim.join(DEADLINE_S)
     assert claim_rows(path) == 10
     ResponseCache(path).close()
     assert claim_rows(path) == 0

@@ -16,13 +16,14 @@ from backends.simulated import (
     metric_total,
     parse_prometheus,
 )
+from tests.waiting import DEADLINE_S, refuses_connections, wait_until_async
 
 PAYLOAD = {"prompt": "Is 7 a prime number? Answer Yes or No.", "max_tokens": 32}
 LONG_PAYLOAD = {**PAYLOAD, "max_tokens": 1000}
 
 
 async def outcome(
-    client: aiohttp.ClientSession, url: str, timeout_s: float = 5.0, payload: dict = PAYLOAD
+    client: aiohttp.ClientSession, url: str, timeout_s: float = DEADLINE_S, payload: dict = PAYLOAD
 ) -> str:
     """What the client saw: "ok", "status:N", "malformed", "truncated", "reset" or "timeout"."""
     try:
@@ -64,8 +65,10 @@ async def served(client: aiohttp.ClientSession, url: str) -> dict[str, float]:
 )
 async def test_each_fault_kind_is_observable_and_never_counted_as_served(kind, expected):
     config = SimulatedServerConfig(zero_latency=True, faults=FaultRates(**{kind: 1.0}))
+    # Only a hang needs the client to give up; every other fault answers, however slowly.
+    timeout_s = 0.3 if kind == "hang" else DEADLINE_S
     async with SimulatedServer(config) as server, aiohttp.ClientSession() as client:
-        seen = {await outcome(client, server.url, timeout_s=0.3) for _ in range(3)}
+        seen = {await outcome(client, server.url, timeout_s=timeout_s) for _ in range(3)}
         assert seen <= expected
         samples = await served(client, server.url)
     assert metric_total(samples, "sim_faults_injected_total", kind=kind) == 3
@@ -76,7 +79,7 @@ async def test_each_fault_kind_is_observable_and_never_counted_as_served(kind, e
 async def test_hang_with_a_limit_drops_the_connection():
     config = SimulatedServerConfig(zero_latency=True, faults=FaultRates(hang=1.0, hang_seconds=0.1))
     async with SimulatedServer(config) as server, aiohttp.ClientSession() as client:
-        assert await outcome(client, server.url, timeout_s=5.0) == "reset"
+        assert await outcome(client, server.url) == "reset"
 
 
 async def test_slow_body_is_a_valid_answer_in_several_pieces():
@@ -126,24 +129,24 @@ def slow_config() -> SimulatedServerConfig:
     return SimulatedServerConfig(time_scale=5.0, output_lengths=OutputLengths("fixed", mean=400))
 
 
-async def refused(client: aiohttp.ClientSession, url: str) -> bool:
-    try:
-        async with client.get(f"{url}/health") as response:
-            await response.read()
-            return False
-    except aiohttp.ClientConnectorError:
-        return True
+async def metric(client: aiohttp.ClientSession, url: str, name: str) -> float:
+    return metric_total(await served(client, url), name)
+
+
+async def running_one(client: aiohttp.ClientSession, url: str) -> bool:
+    return await metric(client, url, "vllm:num_requests_running") == 1
 
 
 async def test_take_down_refuses_connections_then_comes_back_on_the_same_port():
     async with SimulatedServer(slow_config()) as server, aiohttp.ClientSession() as client:
         in_flight = asyncio.ensure_future(outcome(client, server.url, payload=LONG_PAYLOAD))
-        await asyncio.sleep(0.1)
+        assert await wait_until_async(lambda: running_one(client, server.url))
+        asked = asyncio.get_running_loop().time()
         await server.take_down(0.4)
+        assert refuses_connections(server.port)  # at once, before the loop runs anything else
         assert await in_flight == "reset"
-        assert await refused(client, server.url)
-        await asyncio.sleep(0.6)
-        assert not await refused(client, server.url)
+        assert await wait_until_async(lambda: not refuses_connections(server.port))
+        assert asyncio.get_running_loop().time() - asked >= 0.4  # not back before its time
         samples = await served(client, server.url)
     assert metric_total(samples, "sim_restarts_total") == 1
     assert metric_total(samples, "sim_sequences_aborted_total") == 1
@@ -155,7 +158,7 @@ async def test_restart_loses_work_in_flight_and_serves_straight_away():
     async with SimulatedServer(slow_config()) as server, aiohttp.ClientSession() as client:
         port = server.port
         in_flight = asyncio.ensure_future(outcome(client, server.url, payload=LONG_PAYLOAD))
-        await asyncio.sleep(0.1)
+        assert await wait_until_async(lambda: running_one(client, server.url))
         await server.restart()
         assert await in_flight == "reset"
         assert server.port == port
@@ -163,14 +166,29 @@ async def test_restart_loses_work_in_flight_and_serves_straight_away():
             f"{server.url}/v1/completions", json={"prompt": "Hi.", "max_tokens": 1}
         ) as response:
             assert response.status == 200
+        assert await metric(client, server.url, "sim_sequences_aborted_total") == 1
+
+
+async def test_control_route_takes_the_server_down_until_brought_up():
+    config = SimulatedServerConfig(zero_latency=True)
+    async with SimulatedServer(config) as server, aiohttp.ClientSession() as client:
+        async with client.post(f"{server.url}/sim/down", json={"seconds": None}) as response:
+            assert response.status == 202
+        # The route acts after its answer has left: wait for the crash, then it stays down.
+        assert await wait_until_async(lambda: server.counters.restarts == 1)
+        assert refuses_connections(server.port)
+        await server.bring_up()
+        assert await outcome(client, server.url) == "ok"
 
 
 async def test_control_route_takes_the_server_down_for_a_while():
     config = SimulatedServerConfig(zero_latency=True)
     async with SimulatedServer(config) as server, aiohttp.ClientSession() as client:
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
         async with client.post(f"{server.url}/sim/down", json={"seconds": 0.4}) as response:
             assert response.status == 202
-        await asyncio.sleep(0.15)
-        assert await refused(client, server.url)
-        await asyncio.sleep(0.5)
+        assert await wait_until_async(lambda: server.counters.restarts == 1)
+        assert await wait_until_async(lambda: not refuses_connections(server.port))
+        assert loop.time() - asked >= 0.4  # it stayed down for the time asked
         assert await outcome(client, server.url) == "ok"

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -16,9 +15,11 @@ import pytest
 from backends.simulated import (
     OutputLengths,
     SimulatedServerConfig,
+    SimulatedServerProcess,
     metric_total,
     start_server_process,
 )
+from tests.waiting import CONNECTION_ERRORS, DEADLINE_S, wait_until, wait_until_refused
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,19 +31,16 @@ def post_json(url: str, payload: dict, headers: dict[str, str] | None = None) ->
         headers={"Content-Type": "application/json", **(headers or {})},
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=DEADLINE_S) as response:
         return orjson.loads(response.read())
 
 
-def wait_until_refused(url: str, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=1).read()
-        except urllib.error.URLError:
-            return True
-        time.sleep(0.02)
-    return False
+def restarts(server: SimulatedServerProcess) -> float | None:
+    """The child's restart count, or None while it does not answer."""
+    try:
+        return server.metrics()["sim_restarts_total"]
+    except CONNECTION_ERRORS:
+        return None
 
 
 def test_child_process_serves_reports_counters_and_stops():
@@ -64,10 +62,17 @@ def test_child_process_serves_reports_counters_and_stops():
         assert metric_total(samples, "sim_max_num_seqs") == config.max_num_seqs
         cpu = server.cpu_seconds()
         assert cpu is not None and cpu > 0
-        server.take_down(0.5)
+        # The control routes act after their answer: wait on what they change, not on a clock.
+        server.restart()
+        assert wait_until(lambda: restarts(server) == 1)
+        down_for_s = 1.0
+        asked = time.monotonic()
+        server.take_down(down_for_s)
+        # Unreadable while down; the first read that sees the crash is made after the comeback.
+        assert wait_until(lambda: restarts(server) == 2)
+        assert time.monotonic() - asked >= down_for_s
+        server.take_down(None)  # down until stopped
         assert wait_until_refused(server.url)
-        time.sleep(0.8)
-        assert server.metrics()["sim_restarts_total"] == 1
         pid = server.pid
     assert not server.running
     with pytest.raises(ProcessLookupError):
@@ -95,11 +100,11 @@ def test_command_line_prints_its_url_and_exits_cleanly_on_sigterm():
         assert url.startswith("http://127.0.0.1:")
         body = post_json(f"{url}/v1/completions", {"prompt": "Hi", "max_tokens": 50})
         assert body["usage"]["completion_tokens"] == 12
-        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=DEADLINE_S) as response:
             assert "sim_max_num_seqs 64" in response.read().decode()
     finally:
         process.terminate()
-        assert process.wait(10) == 0
+        assert process.wait(DEADLINE_S) == 0
         process.stdout.close()
 
 
@@ -110,7 +115,7 @@ def test_command_line_rejects_a_bad_flag_value_with_a_clear_message():
         capture_output=True,
         env=env,
         cwd=ROOT,
-        timeout=30,
+        timeout=DEADLINE_S,
     )
     assert result.returncode == 2
     assert b"--output-lengths" in result.stderr

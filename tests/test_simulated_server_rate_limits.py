@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 import pytest
@@ -103,19 +104,26 @@ async def test_live_server_answers_429_with_headers_and_serves_after_retry_after
                 await response.read()
                 return response.status, dict(response.headers)
 
+        started = time.monotonic()
         results = await asyncio.gather(*(send() for _ in range(80)))
+        refilled = 6 * (time.monotonic() - started)  # what the bucket can have gained meanwhile
         statuses = [status for status, _ in results]
-        assert 60 <= statuses.count(200) <= 70
+        # The full bucket admits the first 60; beyond them only what refilled while they came.
+        assert 60 <= statuses.count(200) <= 60 + refilled + 1
         refused = [headers for status, headers in results if status == 429]
-        assert len(refused) == 80 - statuses.count(200)
+        assert len(refused) == 80 - statuses.count(200) > 0
         for headers in refused:
             assert 0 < float(headers["Retry-After"]) <= 1 / 6 + 1e-3
             assert int(headers["retry-after-ms"]) >= 1
             assert headers["x-ratelimit-limit-requests"] == "60"
             assert headers["x-ratelimit-remaining-requests"] == "0"
             assert headers["x-ratelimit-reset-requests"].endswith(("ms", "s"))
-        await asyncio.sleep(float(refused[-1]["Retry-After"]))
+        # Nothing else is sent now, so a refusal's Retry-After is exact: waiting it out is enough.
         status, headers = await send()
+        if status == 429:
+            refused.append(headers)
+            await asyncio.sleep(float(headers["Retry-After"]) + 0.001)  # rounded to ms
+            status, headers = await send()
         assert status == 200
         assert headers["x-ratelimit-limit-requests"] == "60"
         async with client.get(f"{server.url}/metrics") as response:

@@ -30,6 +30,8 @@ from backends.simulated.config import SimulatedServerConfig
 from backends.simulated.metrics import parse_prometheus
 
 API_KEY_ENV = "GPO_SIMULATED_API_KEY"
+_CONTROL_TIMEOUT_S = 60.0
+"""Generous: the child answers at once, but a loaded machine may not schedule it for a while."""
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -49,7 +51,7 @@ class SimulatedServerProcess:
     def running(self) -> bool:
         return self._process.poll() is None
 
-    def metrics(self, timeout_s: float = 10.0) -> dict[str, float]:
+    def metrics(self, timeout_s: float = 60.0) -> dict[str, float]:
         """The server's `/metrics` samples, as `metrics.parse_prometheus` returns them."""
         with urllib.request.urlopen(f"{self.url}/metrics", timeout=timeout_s) as response:
             return parse_prometheus(response.read().decode("utf-8"))
@@ -104,7 +106,7 @@ class SimulatedServerProcess:
             headers={"Content-Type": "application/json"},
             method="POST",
         )
-        with urllib.request.urlopen(request, timeout=10.0) as response:
+        with urllib.request.urlopen(request, timeout=_CONTROL_TIMEOUT_S) as response:
             response.read()
 
 
@@ -112,7 +114,7 @@ def start_server_process(
     config: SimulatedServerConfig | None = None,
     *,
     answer_key: Mapping[str, object] | None = None,
-    startup_timeout_s: float = 30.0,
+    startup_timeout_s: float = 120.0,
     log_level: str = "WARNING",
 ) -> SimulatedServerProcess:
     """Start the server in a child process and return once it is listening.
