@@ -37,7 +37,7 @@ from benchmarks import PromptLayout, Sample, Task, answer_turn, build_prompt
 from engine.prices import PriceTable
 from gpo.config import COT_PROMPT, OptimizerConfig
 from gpo.meta_prompts import FormatExample, render_update_prompt
-from gpo.optimizer import draw_format_indices, total_steps
+from gpo.step_plan import draw_format_indices, total_steps
 from gpo.trajectory import TrajectoryEntry
 
 Tokenizer = Callable[[str], int]
