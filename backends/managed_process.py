@@ -10,7 +10,8 @@ what is left, so worker processes the server spawned go too. Stopping also happe
 last resort, at interpreter exit; on Linux the server is also told to die with its parent.
 
 The server runs in its own session, so a Ctrl-C in the terminal reaches only this process,
-which then stops the server in order instead of both racing to exit.
+which then stops the server in order instead of both racing to exit. Reading and redacting its
+command line is `backends.argv_options`; `with`/`async with` come from `backends.start_stop`.
 """
 
 from __future__ import annotations
@@ -34,18 +35,18 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO
 
 import orjson
 
+from backends.argv_options import redact_argv
 from backends.errors import BackendError, ConfigError
+from backends.start_stop import StartStopContext
 
 logger = logging.getLogger(__name__)
 
 LOOPBACK_HOST = "127.0.0.1"
 DEFAULT_READY_PATHS = ("/health", "/v1/models")
-_SECRET_FLAG_WORDS = ("key", "token", "secret", "password")
 _LOG_TAIL_BYTES = 64 * 1024
 _PR_SET_PDEATHSIG = 1
 _LAUNCH_ATTEMPTS = 3
@@ -73,26 +74,6 @@ def port_is_free(port: int, host: str = LOOPBACK_HOST) -> bool:
         except OSError:
             return False
         return True
-
-
-def redact_argv(argv: Sequence[str]) -> list[str]:
-    """`argv` with the values of secret-looking flags (`--api-key X`, `--token=X`) hidden."""
-    redacted: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            redacted.append("[redacted]")
-            hide_next = False
-            continue
-        if arg.startswith("-"):
-            flag, has_value, _ = arg.partition("=")
-            is_secret = any(word in flag.lower() for word in _SECRET_FLAG_WORDS)
-            if is_secret and has_value:
-                redacted.append(f"{flag}=[redacted]")
-                continue
-            hide_next = is_secret and not has_value
-        redacted.append(arg)
-    return redacted
 
 
 def read_log_tail(path: Path, max_lines: int = 40) -> str:
@@ -152,39 +133,6 @@ def _die_with_parent_hook() -> Callable[[], None] | None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
     return hook
-
-
-class AsyncStartStopContext:
-    """`async with` for a server class that defines async `start` and `stop`."""
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-
-class StartStopContext(AsyncStartStopContext):
-    """`async with` and `with` for a server class that defines `start`/`stop` (async) and
-    `start_sync`/`stop_sync`."""
-
-    def __enter__(self) -> Self:
-        self.start_sync()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop_sync()
 
 
 class ManagedServerFront(StartStopContext):
@@ -560,53 +508,3 @@ class ManagedServer(StartStopContext):
     def _kill_at_exit(self) -> None:
         if self._process is not None and self._process.poll() is None:
             self._kill_now()
-
-
-def _options(argv: Sequence[str]) -> dict[str, Any]:
-    """Flags of a `--flag value` / `--flag=value` command line, for tests and callers alike."""
-    found: dict[str, Any] = {}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--"):
-            flag, has_value, value = arg.partition("=")
-            if has_value:
-                found[flag] = value
-            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                found[flag] = argv[i + 1]
-                i += 1
-            else:
-                found[flag] = True
-        i += 1
-    return found
-
-
-def option_value(argv: Sequence[str], *names: str) -> str | None:
-    """The value given to any of the flags `names` in `argv` (last one wins), or None.
-
-    Both `--flag value` and `--flag=value` are understood; `_` and `-` in flag names are the same.
-    """
-    wanted = {name.replace("_", "-") for name in names}
-    value: str | None = None
-    for flag, given in _options(argv).items():
-        if flag.replace("_", "-") in wanted and isinstance(given, str):
-            value = given
-    return value
-
-
-def remove_options(argv: Sequence[str], *names: str) -> list[str]:
-    """`argv` without the flags `names` and their values (`--flag value` or `--flag=value`)."""
-    wanted = {name.replace("_", "-") for name in names}
-    kept: list[str] = []
-    skip_value = False
-    for arg in argv:
-        if skip_value:
-            skip_value = False
-            if not arg.startswith("--"):
-                continue
-        flag, has_value, _ = arg.partition("=")
-        if arg.startswith("--") and flag.replace("_", "-") in wanted:
-            skip_value = not has_value
-            continue
-        kept.append(arg)
-    return kept

@@ -21,15 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backends.argv_options import option_value, remove_options
 from backends.errors import ConfigError, MalformedResponse
-from backends.managed_process import (
-    LOOPBACK_HOST,
-    ManagedServer,
-    ManagedServerFront,
-    http_get_json,
-    option_value,
-    remove_options,
-)
+from backends.managed_process import LOOPBACK_HOST, ManagedServer, ManagedServerFront, http_get_json
 from backends.protocol import Capabilities
 
 logger = logging.getLogger(__name__)

@@ -19,26 +19,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from backends.errors import ConfigError, DataError
-from backends.protocol import SamplingParams
 from benchmarks import (
-    PromptLayout,
     list_task_names,
     load_reference_prompts,
     load_task,
     resolve_task_names,
 )
-from benchmarks.layout import POSITIONS
-from engine.evaluator import EvaluatorSettings
 from engine.event_loop import run as run_async
 from gpo.endpoints import (
-    MAX_TOKENS,
     BoundedNumber,
     add_endpoint_arguments,
     add_shared_arguments,
     open_engines,
 )
 from gpo.eval_job import EvalJob, check_out_dir, ensure_writable_dir, fresh_dir, run_eval_job
-from gpo.scoring_rules import ScoringRules, add_scoring_rule_arguments
+from gpo.scoring_flags import add_scoring_arguments, scoring_settings
+from gpo.scoring_rules import ScoringRules
 from gpo.user_text import check_arguments, read_text_file
 
 DEFAULT_PROMPT = "Let's think step by step."
@@ -99,40 +95,7 @@ def add_parser(subparsers: Any) -> None:
         help="replace the records.jsonl and summary.json of an earlier evaluation in --out "
         "(its cache.sqlite is kept and reused); an optimize run directory is never overwritten",
     )
-    parser.add_argument(
-        "--position",
-        choices=POSITIONS,
-        default="Q_end",
-        help="where the instruction goes (default Q_end)",
-    )
-    parser.add_argument("--qa-markers", action="store_true", help="write Q:/A: markers")
-    parser.add_argument(
-        "--completion",
-        action="store_true",
-        help="plain completion scorer (no chat turns, parsed from one answer)",
-    )
-    parser.add_argument(
-        "--shots",
-        type=BoundedNumber(int, 0, 1_000),
-        default=0,
-        metavar="K",
-        help="k-shot demonstrations",
-    )
-    parser.add_argument(
-        "--max-tokens",
-        type=BoundedNumber(int, 1, MAX_TOKENS),
-        default=256,
-        metavar="N",
-        help="first-turn max new tokens (default 256)",
-    )
-    parser.add_argument(
-        "--follow-up-max-tokens",
-        type=BoundedNumber(int, 1, MAX_TOKENS),
-        default=100,
-        metavar="N",
-        help="answer-pinning turn max new tokens (default 100)",
-    )
-    add_scoring_rule_arguments(parser)
+    add_scoring_arguments(parser)
     add_endpoint_arguments(parser, "scorer")
     add_shared_arguments(parser)
 
@@ -186,12 +149,7 @@ def build_job(args: argparse.Namespace) -> EvalJob:
     for task in tasks:
         if not prompts[task]:
             prompts[task] = [DEFAULT_PROMPT]
-    layout = PromptLayout(args.position, args.qa_markers, not args.completion, args.shots)
-    settings = EvaluatorSettings(
-        layout=layout,
-        first_turn=SamplingParams(max_tokens=args.max_tokens),
-        follow_up=SamplingParams(max_tokens=args.follow_up_max_tokens),
-    )
+    settings = scoring_settings(args)
     return EvalJob(
         prompts,
         tuple(args.split or ["test"]),

@@ -26,6 +26,7 @@ Dollars come from `engine.prices.PriceTable` when the models are priced there.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from benchmarks import PromptLayout, Sample, Task, answer_turn, build_prompt
 from engine.prices import PriceTable
 from gpo.config import COT_PROMPT, OptimizerConfig
 from gpo.meta_prompts import FormatExample, render_update_prompt
-from gpo.optimizer import draw_format_indices, total_steps
+from gpo.step_plan import draw_format_indices, total_steps
 from gpo.trajectory import TrajectoryEntry
 
 Tokenizer = Callable[[str], int]
@@ -203,46 +204,92 @@ def estimate_optimization_cost(
     dev = task.split("eval")[:dev_size]
     test = task.split("test")[:test_size] if test_prompts else ()
     renderer = _Renderer(tokenizer, chat_template)
-    optimizer_renderer = _Renderer(tokenizer, optimizer_chat_template or chat_template)
     if follow_up_output_tokens is None:
         targets = [sample.target for sample in dev] or [""]
         follow_up_output_tokens = sum(max(1, tokenizer(t)) for t in targets) / len(targets)
     first_turn_output_tokens = min(first_turn_output_tokens, first_turn_max_tokens)
     follow_up_output_tokens = min(follow_up_output_tokens, follow_up_max_tokens)
-    initial_words = len(initial_prompt.split())
     if candidate_prompt_words is None:
-        candidate_prompt_words = (initial_words + REFERENCE_RUN_PROMPT_WORDS) / 2
+        candidate_prompt_words = (len(initial_prompt.split()) + REFERENCE_RUN_PROMPT_WORDS) / 2
     candidate = _candidate_text(initial_prompt, candidate_prompt_words)
-
-    def chains(samples: Sequence[Sample], instruction: str) -> _ChainCost:
-        return _chain_cost(
-            task,
-            samples,
-            instruction,
-            layout,
-            renderer,
-            first_turn_output_tokens,
-            follow_up_output_tokens,
-        )
-
-    initial_dev = chains(dev, initial_prompt)
-    candidate_dev = chains(dev, candidate)
-    initial_test = chains(test, initial_prompt)
-    candidate_test = chains(test, candidate)
-    extra_test = max(0, test_prompts - 1)
-    scorer_parts = [
-        (initial_dev, 1),
-        (candidate_dev, steps * candidates),
-        (initial_test, 1 if test_prompts else 0),
-        (candidate_test, extra_test),
-    ]
-    scorer_calls = sum(part.calls * times for part, times in scorer_parts)
-    scorer_prompt = sum(part.prompt_tokens * times for part, times in scorer_parts)
-    scorer_completion = sum(part.completion_tokens * times for part, times in scorer_parts)
-
+    chains = functools.partial(
+        _chain_cost,
+        task,
+        layout=layout,
+        renderer=renderer,
+        first_turn_output_tokens=first_turn_output_tokens,
+        follow_up_output_tokens=follow_up_output_tokens,
+    )
+    scorer = _repeated(
+        [
+            (chains(dev, initial_prompt), 1),
+            (chains(dev, candidate), steps * candidates),
+            (chains(test, initial_prompt), 1 if test_prompts else 0),
+            (chains(test, candidate), max(0, test_prompts - 1)),
+        ]
+    )
     if optimizer_output_tokens is None:
         optimizer_output_tokens = tokenizer(candidate) + tokenizer(CANDIDATE_MARKERS)
-    optimizer_output_tokens = min(optimizer_output_tokens, optimizer_max_tokens)
+    optimizer = _optimizer_cost(
+        task,
+        config,
+        candidate,
+        steps=steps,
+        candidates=candidates,
+        renderer=_Renderer(tokenizer, optimizer_chat_template or chat_template),
+        output_tokens=min(optimizer_output_tokens, optimizer_max_tokens),
+        multiple_choices=multiple_choices,
+    )
+    return _estimate(scorer, optimizer, (scorer_model, optimizer_model), prices or PriceTable())
+
+
+def _estimate(
+    scorer: _ChainCost,
+    optimizer: _ChainCost,
+    models: tuple[str | None, str | None],
+    prices: PriceTable,
+) -> CostEstimate:
+    """The estimate of the two roles' costs, in dollars where both models are priced."""
+    usd = _dollars(
+        prices,
+        [
+            (models[0], scorer.prompt_tokens, scorer.completion_tokens),
+            (models[1], optimizer.prompt_tokens, optimizer.completion_tokens),
+        ],
+    )
+    return CostEstimate(
+        scorer_calls=scorer.calls,
+        optimizer_calls=optimizer.calls,
+        scorer_prompt_tokens=round(scorer.prompt_tokens),
+        scorer_completion_tokens=round(scorer.completion_tokens),
+        optimizer_prompt_tokens=round(optimizer.prompt_tokens),
+        optimizer_completion_tokens=round(optimizer.completion_tokens),
+        usd=usd,
+    )
+
+
+def _repeated(parts: Sequence[tuple[_ChainCost, int]]) -> _ChainCost:
+    """The sum of each cost times how often it is paid."""
+    return _ChainCost(
+        sum(part.calls * times for part, times in parts),
+        sum(part.prompt_tokens * times for part, times in parts),
+        sum(part.completion_tokens * times for part, times in parts),
+    )
+
+
+def _optimizer_cost(
+    task: Task,
+    config: OptimizerConfig,
+    candidate: str,
+    *,
+    steps: int,
+    candidates: int,
+    renderer: _Renderer,
+    output_tokens: float,
+    multiple_choices: bool,
+) -> _ChainCost:
+    """The optimizer's calls and tokens: one meta-prompt per step, rendered exactly, sent once
+    with n = candidates where the endpoint honours n, else once per candidate."""
     examples = _format_examples(task, config)
     shown_count = 0 if config.direction in ("none", "summary") else config.trajectory_k
     rendered: dict[tuple[int, int | None], int] = {}
@@ -261,30 +308,13 @@ def estimate_optimization_cost(
                 word_budget=budget,
                 score_scale=config.score_scale,
             )
-            rendered[shown, budget] = optimizer_renderer.tokens((("user", meta_prompt),))
+            rendered[shown, budget] = renderer.tokens((("user", meta_prompt),))
         return rendered[shown, budget]
 
-    optimizer_prompt = sum_over_steps(steps, meta_prompt_tokens, exact_head=shown_count)
+    prompt = sum_over_steps(steps, meta_prompt_tokens, exact_head=shown_count)
     calls_per_step = 1 if multiple_choices or candidates == 1 else candidates
-    optimizer_calls = steps * calls_per_step
-    optimizer_prompt *= calls_per_step
-    optimizer_completion = steps * candidates * optimizer_output_tokens
-
-    usd = _dollars(
-        prices or PriceTable(),
-        [
-            (scorer_model, scorer_prompt, scorer_completion),
-            (optimizer_model, optimizer_prompt, optimizer_completion),
-        ],
-    )
-    return CostEstimate(
-        scorer_calls=scorer_calls,
-        optimizer_calls=optimizer_calls,
-        scorer_prompt_tokens=round(scorer_prompt),
-        scorer_completion_tokens=round(scorer_completion),
-        optimizer_prompt_tokens=round(optimizer_prompt),
-        optimizer_completion_tokens=round(optimizer_completion),
-        usd=usd,
+    return _ChainCost(
+        steps * calls_per_step, prompt * calls_per_step, steps * candidates * output_tokens
     )
 
 

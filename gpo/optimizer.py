@@ -24,6 +24,9 @@ replays its finished work from the cache at no cost and ends with the same resul
 
 A spent budget (`BudgetExhausted`, or an evaluation the engine stopped for budget) ends the task
 cleanly with status "stopped" and the best prompt found so far.
+
+The number of steps and the format examples come from `gpo.step_plan`; scoring, with its records
+and its refusal of made-up means, is `gpo.task_scoring`.
 """
 
 from __future__ import annotations
@@ -33,22 +36,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
-from backends.errors import ConfigError, GpoError
+from backends.errors import ConfigError
 from backends.protocol import Completion, Purpose, Request, SamplingParams
 from benchmarks.sample import Sample
 from engine.engine import BudgetExhausted, Priority, RequestFailed
 from gpo.candidates import parse_candidates, parse_marked_answer
 from gpo.config import OptimizerConfig
 from gpo.embedders import Embedder
-from gpo.interfaces import (
-    EvaluationOutcome,
-    GenerationEngine,
-    ProgressListener,
-    ScoringEvaluator,
-    SilentProgress,
-)
+from gpo.interfaces import GenerationEngine, ProgressListener, ScoringEvaluator, SilentProgress
 from gpo.meta_prompts import (
     NO_WRONG_EXAMPLES,
     FormatExample,
@@ -62,7 +57,8 @@ from gpo.results import TaskResult
 from gpo.retrieval import select_direction
 from gpo.run_dir import TaskRecorder
 from gpo.selection import choose_next
-from gpo.task_view import TaskView
+from gpo.step_plan import draw_format_indices, steps_per_epoch, total_steps
+from gpo.task_scoring import BudgetStop, TaskScorer, sorted_records
 from gpo.trajectory import INITIAL_STEP, Trajectory, TrajectoryEntry
 
 logger = logging.getLogger(__name__)
@@ -77,47 +73,6 @@ _ASK_KINDS = {
     "momentum": Purpose.REFLECTION,
     "summary": Purpose.NEW_PROMPT,
 }
-
-
-class BudgetStop(GpoError):
-    """Internal: the run's budget is spent; the task ends with what it has."""
-
-
-class ScoringFailed(GpoError):
-    """Every sample of a prompt failed to score: its mean would be a made-up 0."""
-
-
-def steps_per_epoch(train_size: int, batch_size: int) -> int:
-    """train_n // batch, plus one when the remainder is at least half a batch (the reference)."""
-    steps = train_size // batch_size
-    if train_size % batch_size >= batch_size / 2:
-        steps += 1
-    return steps
-
-
-def total_steps(config: OptimizerConfig, train_size: int) -> int:
-    if config.steps is not None:
-        return config.steps
-    return config.epochs * steps_per_epoch(train_size, config.batch_size)
-
-
-def draw_format_indices(
-    seed: int, split_sizes: Sequence[int], format_size: int, count: int
-) -> list[int]:
-    """The format examples' indices, drawn as the reference does for one task.
-
-    The reference seeds numpy with 0, draws a permutation of the train, eval and test splits,
-    then 3 format indices without replacement, sorted; replaying those draws picks the same
-    examples.
-    """
-    rng = np.random.RandomState(seed)
-    for size in split_sizes:
-        if size:
-            rng.choice(size, size=size, replace=False)
-    count = min(count, format_size)
-    if count == 0:
-        return []
-    return sorted(int(i) for i in rng.choice(format_size, size=count, replace=False))
 
 
 class PromptOptimizer:
@@ -203,6 +158,7 @@ class _TaskRun:
         self.summary_entry: TrajectoryEntry | None = None
         self.stop_reason: str | None = None
         self.started = time.monotonic()
+        self.scorer = TaskScorer(task, owner.evaluator, recorder, owner.budget_engines)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -221,7 +177,7 @@ class _TaskRun:
             else:
                 await self._score_initial()
                 for step in range(self.total):
-                    self._check_budget()
+                    self.scorer.check_budget()
                     await self._step(step)
                     self.owner.listener.step_finished(
                         self.name, step, self.total, self.trajectory.best().dev_score
@@ -239,18 +195,18 @@ class _TaskRun:
 
     async def _score_fixed_prompt(self) -> float | None:
         prompt = self.config.initial_prompt
-        (dev,) = await self._evaluate("eval", self.dev, [prompt], INITIAL_STEP, "initial")
+        (dev,) = await self.scorer.scores("eval", self.dev, [prompt], INITIAL_STEP, "initial")
         entry = TrajectoryEntry(INITIAL_STEP, prompt, dev)
         self.trajectory.append(entry)
         self._record_trajectory(entry, None)
         if not (self.config.evaluate_test and self.test):
             return None
-        (test,) = await self._evaluate("test", self.test, [prompt], INITIAL_STEP, "test")
+        (test,) = await self.scorer.scores("test", self.test, [prompt], INITIAL_STEP, "test")
         return test
 
     async def _score_initial(self) -> None:
         prompt = self.config.initial_prompt
-        (score,) = await self._evaluate("eval", self.dev, [prompt], INITIAL_STEP, "initial")
+        (score,) = await self.scorer.scores("eval", self.dev, [prompt], INITIAL_STEP, "initial")
         entry = TrajectoryEntry(INITIAL_STEP, prompt, float(score))
         self.known_scores[prompt] = entry.dev_score
         self.trajectory.append(entry)
@@ -295,7 +251,7 @@ class _TaskRun:
             logger.info("task %s step %d: %d empty or repeated answers", self.name, step, dropped)
         new_prompts = [c.prompt for c in candidates if c.known_score is None]
         if new_prompts:
-            scores = await self._evaluate("eval", self.dev, new_prompts, step, "candidates")
+            scores = await self.scorer.scores("eval", self.dev, new_prompts, step, "candidates")
             for prompt, score in zip(new_prompts, scores, strict=True):
                 self.known_scores[prompt] = float(score)
         scored = [(c.prompt, self.known_scores[c.prompt]) for c in candidates]
@@ -321,7 +277,7 @@ class _TaskRun:
 
     async def _reflect(self, step: int, current: TrajectoryEntry) -> str:
         batch = self._train_batch(step)
-        outcome = await self._evaluate_outcome("train", batch, [current.prompt], step, "reflection")
+        outcome = await self.scorer.outcome("train", batch, [current.prompt], step, "reflection")
         by_id = {sample.id: sample for sample in batch}
         wrong = [
             WrongExample(
@@ -329,7 +285,7 @@ class _TaskRun:
                 prediction=record.answers[-1] if record.answers else record.parsed,
                 answer=record.gold,
             )
-            for record in self._sorted_records(outcome, batch)
+            for record in sorted_records(outcome, batch)
             if record.failure is None and record.score <= 0.0
         ]
         if not wrong:
@@ -358,7 +314,7 @@ class _TaskRun:
         answer = await self._ask(step, "summary", text, cfg.reflection_temperature)
         prompt = parse_marked_answer(answer) or current.prompt
         if prompt not in self.known_scores:
-            (score,) = await self._evaluate("eval", self.dev, [prompt], step, "summary")
+            (score,) = await self.scorer.scores("eval", self.dev, [prompt], step, "summary")
             self.known_scores[prompt] = float(score)
         self.summary_entry = TrajectoryEntry(step, prompt, self.known_scores[prompt])
         return self.summary_entry
@@ -441,83 +397,6 @@ class _TaskRun:
 
     # -- scoring -------------------------------------------------------------------------------
 
-    def _check_budget(self) -> None:
-        for engine in self.owner.budget_engines:
-            check = getattr(engine, "budget_exhausted", None)
-            reason = check() if callable(check) else None
-            if reason:
-                raise BudgetStop(reason)
-
-    async def _evaluate_outcome(
-        self,
-        split: str,
-        samples: Sequence[Sample],
-        prompts: Sequence[str],
-        step: int,
-        purpose: str,
-    ) -> EvaluationOutcome:
-        view = TaskView(self.task, {split: samples})
-        outcome = await self.owner.evaluator.evaluate(view, list(prompts), split)
-        if outcome.stopped_by_budget:
-            # Scores of a half-finished evaluation would be wrong: keep none of them.
-            raise BudgetStop(outcome.stopped_by_budget)
-        records = self._sorted_records(outcome, samples)
-        if self.recorder is not None:
-            rows = []
-            for record in records:
-                row = record.to_json() if hasattr(record, "to_json") else dict(vars(record))
-                row.update({"step": step, "purpose": purpose})
-                rows.append(row)
-            self.recorder.append("scores", rows)
-        self._check_failures(records, len(prompts), len(samples), split, step)
-        return outcome
-
-    def _check_failures(
-        self, records: Sequence[Any], prompts: int, samples: int, split: str, step: int
-    ) -> None:
-        """Warn about failed samples (left out of the mean); stop when a prompt has no score."""
-        failed = [record for record in records if record.failure is not None]
-        if not failed or samples == 0:
-            return
-        answered = [0] * prompts
-        for record in records:
-            if record.failure is None:
-                answered[record.prompt_index] += 1
-        if min(answered) == 0:
-            raise ScoringFailed(
-                f"task {self.name}, step {step}: no {split} sample of a prompt could be scored "
-                f"({len(failed)} of {prompts * samples} failed; first: {failed[0].failure}); "
-                "the finished work is saved, continue with --resume"
-            )
-        logger.warning(
-            "task %s step %d: %d of %d %s samples failed and are left out of the means",
-            self.name,
-            step,
-            len(failed),
-            prompts * samples,
-            split,
-        )
-
-    async def _evaluate(
-        self,
-        split: str,
-        samples: Sequence[Sample],
-        prompts: Sequence[str],
-        step: int,
-        purpose: str,
-    ) -> list[float]:
-        outcome = await self._evaluate_outcome(split, samples, prompts, step, purpose)
-        return [float(score) for score in np.asarray(outcome.mean_scores, dtype=float)]
-
-    @staticmethod
-    def _sorted_records(outcome: EvaluationOutcome, samples: Sequence[Sample]) -> list[Any]:
-        """Records in (prompt, sample) order: the evaluator appends them as chains finish."""
-        position = {sample.id: i for i, sample in enumerate(samples)}
-        return sorted(
-            outcome.records,
-            key=lambda r: (r.prompt_index, position.get(r.sample_id, len(position))),
-        )
-
     async def _score_test(self) -> tuple[float | None, float | None, list[tuple[int, float]]]:
         if not self.test:
             return None, None, []
@@ -527,7 +406,7 @@ class _TaskRun:
         if self.config.test_every_step:
             prompts += [entry.prompt for entry in self.trajectory]
         unique = list(dict.fromkeys(prompts))
-        scores = await self._evaluate("test", self.test, unique, self.total, "test")
+        scores = await self.scorer.scores("test", self.test, unique, self.total, "test")
         by_prompt = dict(zip(unique, scores, strict=True))
         by_step = (
             [(entry.step, by_prompt[entry.prompt]) for entry in self.trajectory]

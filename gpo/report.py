@@ -118,56 +118,7 @@ def plot_runs(runs: Sequence[RunReport], out: Path) -> Path:
             curve = next((c for c in run.curves if c.task == task), None)
             if curve is None or not curve.steps:
                 continue
-            x = [step + 1 for step in curve.steps]  # the initial prompt is step 0
-            axis.plot(
-                x,
-                [100 * s for s in curve.dev_scores],
-                "-o",
-                ms=3,
-                color=colour,
-                label=f"{run.label} dev",
-            )
-            result = curve.result
-            if result is not None and result.test_by_step:
-                axis.plot(
-                    [step + 1 for step, _ in result.test_by_step],
-                    [100 * score for _, score in result.test_by_step],
-                    "s",
-                    ms=4,
-                    color=colour,
-                    alpha=0.6,
-                    label=f"{run.label} test",
-                )
-            elif result is not None:
-                points = [(0, result.initial_test), (result.final_step + 1, result.final_test)]
-                points = [(x_, y_) for x_, y_ in points if y_ is not None]
-                if points:
-                    axis.plot(
-                        [p[0] for p in points],
-                        [100 * p[1] for p in points],
-                        "s",
-                        ms=5,
-                        color=colour,
-                        alpha=0.6,
-                        label=f"{run.label} test",
-                    )
-            budgets = [
-                (step + 1, b)
-                for step, b in zip(curve.steps, curve.word_budgets, strict=True)
-                if b is not None
-            ]
-            if budgets:
-                budget_axis = budget_axis or axis.twinx()
-                budget_axis.plot(
-                    [b[0] for b in budgets],
-                    [b[1] for b in budgets],
-                    "x--",
-                    drawstyle="steps-mid",
-                    color=colour,
-                    alpha=0.45,
-                    label=f"{run.label} word budget",
-                )
-                budget_axis.set_ylabel("word budget")
+            budget_axis = _plot_curve(axis, budget_axis, run.label, curve, colour)
         axis.set_title(task)
         axis.set_xlabel("step (0 = initial prompt)")
         axis.set_ylabel("score (%)")
@@ -192,6 +143,69 @@ def plot_runs(runs: Sequence[RunReport], out: Path) -> Path:
     figure.savefig(out, dpi=110)
     plt.close(figure)
     return out
+
+
+def _plot_curve(axis: Any, budget_axis: Any, label: str, curve: TaskCurve, colour: str) -> Any:
+    """One run's curve on a task's panel: dev line, test markers, word budget (right axis).
+
+    Returns the panel's word-budget axis, created on first use (None while no run has budgets).
+    """
+    x = [step + 1 for step in curve.steps]  # the initial prompt is step 0
+    axis.plot(
+        x,
+        [100 * s for s in curve.dev_scores],
+        "-o",
+        ms=3,
+        color=colour,
+        label=f"{label} dev",
+    )
+    if curve.result is not None:
+        _plot_test_scores(axis, label, curve.result, colour)
+    budgets = [
+        (step + 1, b)
+        for step, b in zip(curve.steps, curve.word_budgets, strict=True)
+        if b is not None
+    ]
+    if budgets:
+        budget_axis = budget_axis or axis.twinx()
+        budget_axis.plot(
+            [b[0] for b in budgets],
+            [b[1] for b in budgets],
+            "x--",
+            drawstyle="steps-mid",
+            color=colour,
+            alpha=0.45,
+            label=f"{label} word budget",
+        )
+        budget_axis.set_ylabel("word budget")
+    return budget_axis
+
+
+def _plot_test_scores(axis: Any, label: str, result: TaskResult, colour: str) -> None:
+    """Test scores as markers: every step's when scored, else the initial and final prompt's."""
+    if result.test_by_step:
+        axis.plot(
+            [step + 1 for step, _ in result.test_by_step],
+            [100 * score for _, score in result.test_by_step],
+            "s",
+            ms=4,
+            color=colour,
+            alpha=0.6,
+            label=f"{label} test",
+        )
+        return
+    points = [(0, result.initial_test), (result.final_step + 1, result.final_test)]
+    points = [(x_, y_) for x_, y_ in points if y_ is not None]
+    if points:
+        axis.plot(
+            [p[0] for p in points],
+            [100 * p[1] for p in points],
+            "s",
+            ms=5,
+            color=colour,
+            alpha=0.6,
+            label=f"{label} test",
+        )
 
 
 # -- the Markdown ------------------------------------------------------------------------------

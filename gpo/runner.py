@@ -26,7 +26,7 @@ from engine.engine import Engine
 from engine.evaluator import Evaluator, EvaluatorSettings
 from gpo.budget_guard import session_budgets
 from gpo.config import OptimizerConfig
-from gpo.embedders import EmbedderConfig, make_embedder
+from gpo.embedders import Embedder, EmbedderConfig, make_embedder
 from gpo.format_draws import draw_run_format_indices
 from gpo.interfaces import GenerationEngine, ProgressListener, ScoringEvaluator, SilentProgress
 from gpo.ledger_view import engines_snapshot, run_totals
@@ -194,20 +194,7 @@ async def run_optimization(
     """Run every task of `spec` and return the summary (also written to `summary.json`)."""
     listener = listener or SilentProgress()
     engines = [scorer, optimizer]
-    earlier: list[dict[str, Any]] = []
-    state: dict[str, Any] = {"status": "running", "sessions": 1, "tasks": {}}
-    if run_dir is not None:
-        if resume:
-            previous = run_dir.read_state()
-            session = int(previous.get("sessions", 1))
-            run_dir.archive_ledger(session)
-            state["sessions"] = session + 1
-            state["tasks"] = previous.get("tasks", {})
-        earlier = run_dir.earlier_ledgers()
-        carry_over_spend(engines, earlier)
-        state["budgets"] = session_budgets(engines)
-        state["started"] = now_iso()
-        run_dir.write_state(state)
+    state, earlier = _open_session(run_dir, engines, resume)
     recording = _RecordingListener(listener, run_dir, engines, state)
     tasks = {
         name: load_task(name, spec.data_dir, **spec.rules.task_options()) for name in spec.tasks
@@ -219,15 +206,7 @@ async def run_optimization(
         if spec.optimizer.optimize
         else {}
     )
-    embedder = None
-    if spec.optimizer.optimize and spec.optimizer.direction == "relevance":
-        embedder = make_embedder(
-            spec.embedder,
-            run_dir.embeddings_path if run_dir is not None else None,
-            # Embedding calls follow the optimizer's retry policy and budget, in its ledger.
-            engine_config=optimizer.config if isinstance(optimizer, Engine) else None,
-            ledger=optimizer.ledger if isinstance(optimizer, Engine) else None,
-        )
+    embedder = _embedder(spec, run_dir, optimizer)
     evaluator = evaluator or Evaluator(scorer, spec.scoring)
     loop = PromptOptimizer(
         spec.optimizer,
@@ -247,11 +226,8 @@ async def run_optimization(
     async def run_task(name: str) -> TaskResult:
         recorder = run_dir.task(name) if run_dir is not None else None
         if resume and recorder is not None:
-            stored = recorder.read_result()
-            if stored is not None and stored.get("status") == "finished":
-                logger.info("task %s finished in an earlier session; not run again", name)
-                result = TaskResult.from_json(stored)
-                state["tasks"][name] = {"status": "finished", "steps_done": result.steps_done}
+            result = _finished_earlier(name, recorder, state)
+            if result is not None:
                 return result
         async with gate:
             return await loop.run(tasks[name], recorder)
@@ -281,3 +257,50 @@ async def run_optimization(
     if run_dir is not None:
         run_dir.write_summary(summary)
     return summary
+
+
+def _open_session(
+    run_dir: RunDirectory | None, engines: Sequence[Any], resume: bool
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The run's state for this session, and the earlier sessions' ledgers (their spend is
+    carried into the engines' budgets); the state is written before any work."""
+    earlier: list[dict[str, Any]] = []
+    state: dict[str, Any] = {"status": "running", "sessions": 1, "tasks": {}}
+    if run_dir is None:
+        return state, earlier
+    if resume:
+        previous = run_dir.read_state()
+        session = int(previous.get("sessions", 1))
+        run_dir.archive_ledger(session)
+        state["sessions"] = session + 1
+        state["tasks"] = previous.get("tasks", {})
+    earlier = run_dir.earlier_ledgers()
+    carry_over_spend(engines, earlier)
+    state["budgets"] = session_budgets(engines)
+    state["started"] = now_iso()
+    run_dir.write_state(state)
+    return state, earlier
+
+
+def _embedder(spec: RunSpec, run_dir: RunDirectory | None, optimizer: Any) -> Embedder | None:
+    """The relevance direction's embedder (None for every other direction)."""
+    if not (spec.optimizer.optimize and spec.optimizer.direction == "relevance"):
+        return None
+    return make_embedder(
+        spec.embedder,
+        run_dir.embeddings_path if run_dir is not None else None,
+        # Embedding calls follow the optimizer's retry policy and budget, in its ledger.
+        engine_config=optimizer.config if isinstance(optimizer, Engine) else None,
+        ledger=optimizer.ledger if isinstance(optimizer, Engine) else None,
+    )
+
+
+def _finished_earlier(name: str, recorder: Any, state: dict[str, Any]) -> TaskResult | None:
+    """The result of a task an earlier session finished (noted in `state`), else None."""
+    stored = recorder.read_result()
+    if stored is None or stored.get("status") != "finished":
+        return None
+    logger.info("task %s finished in an earlier session; not run again", name)
+    result = TaskResult.from_json(stored)
+    state["tasks"][name] = {"status": "finished", "steps_done": result.steps_done}
+    return result

@@ -10,14 +10,9 @@ import pytest
 from rich.console import Console
 
 from backends.errors import ConfigError
-from gpo.cli_optimize import (
-    RichProgress,
-    build_optimize_parser,
-    optimizer_config_from_args,
-    resumed_arguments,
-    spec_from_args,
-    stored_arguments,
-)
+from gpo.optimize_args import build_optimize_parser, optimizer_config_from_args, spec_from_args
+from gpo.optimize_display import RichProgress
+from gpo.resume import resumed_arguments, stored_arguments
 from gpo.schedules import WordBudgetSchedule
 from tests.gpo_fakes import DATA_DIR
 

@@ -19,10 +19,11 @@ from engine.ledger import Ledger
 from engine.prices import ModelPrice, PriceTable
 from gpo.config import OptimizerConfig
 from gpo.methods import config_for_method
-from gpo.optimizer import ScoringFailed, draw_format_indices, steps_per_epoch, total_steps
 from gpo.run_dir import RunDirectory
 from gpo.runner import RunSpec, run_optimization
 from gpo.schedules import WordBudgetSchedule
+from gpo.step_plan import draw_format_indices, steps_per_epoch, total_steps
+from gpo.task_scoring import ScoringFailed
 from tests.gpo_fakes import DATA_DIR, FakeOptimizer, FakeScorer
 
 SMALL = {"train_size": 16, "dev_size": 8, "test_size": 8, "candidates": 4, "epochs": 1}

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from backends.argv_options import option_value
 from backends.errors import ConfigError
 from backends.llamacpp import (
     EMBEDDED_MODEL_NAME,
@@ -29,7 +30,7 @@ from backends.llamacpp import (
     build_llama_server_command,
     locate_smollm2_gguf,
 )
-from backends.managed_process import ServerStartFailed, option_value
+from backends.managed_process import ServerStartFailed
 from backends.openai_client import OpenAICompatibleBackend
 from backends.protocol import SamplingParams
 from backends.vllm_inprocess import VllmInProcessBackend

@@ -19,15 +19,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from backends.argv_options import option_value, redact_argv, remove_options
 from backends.errors import ConfigError
-from backends.managed_process import (
-    ManagedServer,
-    ServerStartFailed,
-    _http_status,
-    option_value,
-    redact_argv,
-    remove_options,
-)
+from backends.managed_process import ManagedServer, ServerStartFailed, _http_status
 from backends.vllm_serve import (
     GpuInfo,
     ManagedVllmServer,

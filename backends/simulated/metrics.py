@@ -44,6 +44,24 @@ def _line(name: str, value: float, labels: dict[str, str]) -> str:
     return f"{name} {value}"
 
 
+Samples = list[tuple[dict[str, str], float]]
+
+
+class _Exposition:
+    """Prometheus text being written: a HELP and a TYPE line, then the samples, per metric."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def metric(self, name: str, kind: str, help_text: str, samples: Samples) -> None:
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        self.lines.extend(_line(name, value, labels) for labels, value in samples)
+
+    def text(self) -> str:
+        return "\n".join([*self.lines, ""])
+
+
 def render_metrics(
     *,
     model: str,
@@ -54,14 +72,20 @@ def render_metrics(
     simulated_s: float,
 ) -> str:
     """The Prometheus exposition text for the current state."""
-    model_label = {"model_name": model}
-    out: list[str] = []
+    out = _Exposition()
+    _vllm_metrics(out, {"model_name": model}, counters, batcher, prefix_cache)
+    _sim_metrics(out, counters, max_num_seqs, simulated_s)
+    return out.text()
 
-    def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]):
-        out.append(f"# HELP {name} {help_text}")
-        out.append(f"# TYPE {name} {kind}")
-        out.extend(_line(name, value, labels) for labels, value in samples)
 
+def _vllm_metrics(
+    out: _Exposition,
+    model_label: dict[str, str],
+    counters: ServerCounters,
+    batcher: ContinuousBatcher | None,
+    prefix_cache: PrefixCache | None,
+) -> None:
+    """The vLLM-named metrics: the simulated GPU's batch, KV cache, tokens and prefix cache."""
     running = batcher.num_running if batcher else 0
     waiting = batcher.num_waiting if batcher else 0
     kv_usage = batcher.kv_cache_usage if batcher else 0.0
@@ -72,42 +96,34 @@ def render_metrics(
         generation_tokens = counters.completion_tokens_served
     queries = prefix_cache.query_tokens if prefix_cache else 0
     hits = prefix_cache.hit_tokens if prefix_cache else 0
-    metric(
-        "vllm:num_requests_running", "gauge", "Sequences in the batch.", [(model_label, running)]
-    )
-    metric("vllm:num_requests_waiting", "gauge", "Sequences queued.", [(model_label, waiting)])
-    metric("vllm:kv_cache_usage_perc", "gauge", "KV blocks in use, 0-1.", [(model_label, kv_usage)])
-    metric(
-        "vllm:prompt_tokens_total",
-        "counter",
-        "Prompt tokens admitted.",
-        [(model_label, prompt_tokens)],
-    )
-    metric(
-        "vllm:generation_tokens_total",
-        "counter",
-        "Tokens generated.",
-        [(model_label, generation_tokens)],
-    )
-    metric(
-        "vllm:prefix_cache_queries_total",
-        "counter",
-        "Prompt tokens looked up in the prefix cache.",
-        [(model_label, queries)],
-    )
-    metric(
-        "vllm:prefix_cache_hits_total",
-        "counter",
-        "Prompt tokens found in the prefix cache.",
-        [(model_label, hits)],
-    )
-    metric(
-        "vllm:gpu_prefix_cache_hit_rate",
-        "gauge",
-        "Prefix cache hits / queries, in tokens.",
-        [(model_label, hits / queries if queries else 0.0)],
-    )
-    metric(
+    gauges_and_counters = [
+        ("vllm:num_requests_running", "gauge", "Sequences in the batch.", running),
+        ("vllm:num_requests_waiting", "gauge", "Sequences queued.", waiting),
+        ("vllm:kv_cache_usage_perc", "gauge", "KV blocks in use, 0-1.", kv_usage),
+        ("vllm:prompt_tokens_total", "counter", "Prompt tokens admitted.", prompt_tokens),
+        ("vllm:generation_tokens_total", "counter", "Tokens generated.", generation_tokens),
+        (
+            "vllm:prefix_cache_queries_total",
+            "counter",
+            "Prompt tokens looked up in the prefix cache.",
+            queries,
+        ),
+        (
+            "vllm:prefix_cache_hits_total",
+            "counter",
+            "Prompt tokens found in the prefix cache.",
+            hits,
+        ),
+        (
+            "vllm:gpu_prefix_cache_hit_rate",
+            "gauge",
+            "Prefix cache hits / queries, in tokens.",
+            hits / queries if queries else 0.0,
+        ),
+    ]
+    for name, kind, help_text, value in gauges_and_counters:
+        out.metric(name, kind, help_text, [(model_label, value)])
+    out.metric(
         "vllm:request_success_total",
         "counter",
         "Sequences finished, by reason.",
@@ -116,7 +132,13 @@ def render_metrics(
             for r, c in sorted(counters.finish_reasons.items())
         ],
     )
-    metric(
+
+
+def _sim_metrics(
+    out: _Exposition, counters: ServerCounters, max_num_seqs: int, simulated_s: float
+) -> None:
+    """The `sim_*` metrics: the server's own bookkeeping of what it answered and injected."""
+    out.metric(
         "sim_http_requests_total",
         "counter",
         "HTTP requests by endpoint and status.",
@@ -158,21 +180,19 @@ def render_metrics(
     ]
     for name, help_text, value in simple:
         kind = "gauge" if name == "sim_max_num_seqs" else "counter"
-        metric(name, kind, help_text, [({}, value)])
-    metric(
+        out.metric(name, kind, help_text, [({}, value)])
+    out.metric(
         "sim_requests_by_purpose_total",
         "counter",
         "Generation HTTP calls answered 200, by X-GPO-Purpose.",
         [({"purpose": purpose}, count) for purpose, count in sorted(counters.purposes.items())],
     )
-    metric(
+    out.metric(
         "sim_faults_injected_total",
         "counter",
         "Faults injected, by kind.",
         [({"kind": kind}, count) for kind, count in sorted(counters.faults.items())],
     )
-    out.append("")
-    return "\n".join(out)
 
 
 def parse_prometheus(text: str) -> dict[str, float]:

@@ -19,11 +19,11 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from backends.errors import ConfigError
-from backends.managed_process import AsyncStartStopContext
 from backends.simulated.answer_key import AnswerKey
 from backends.simulated.app import SimulatedApp
 from backends.simulated.config import SimulatedServerConfig
 from backends.simulated.metrics import ServerCounters
+from backends.start_stop import AsyncStartStopContext
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,130 @@
+"""Scoring prompts for the optimization loop: one evaluator call per batch of prompts.
+
+`TaskScorer` scores prompts on a split of one task (or on a step's training batch), writes every
+record to the run directory's `scores` file in (prompt, sample) order, and refuses numbers that
+would be made up: an evaluation the engine stopped for budget keeps no score (`BudgetStop`), and a
+prompt none of whose samples could be scored stops the task (`ScoringFailed`) instead of being
+given a mean of 0. Failed samples of an otherwise scored prompt are left out of its mean, with a
+warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from backends.errors import GpoError
+from benchmarks.sample import Sample
+from gpo.interfaces import EvaluationOutcome, ScoringEvaluator
+from gpo.run_dir import TaskRecorder
+from gpo.task_view import TaskView
+
+logger = logging.getLogger(__name__)
+
+
+class BudgetStop(GpoError):
+    """Internal: the run's budget is spent; the task ends with what it has."""
+
+
+class ScoringFailed(GpoError):
+    """Every sample of a prompt failed to score: its mean would be a made-up 0."""
+
+
+def sorted_records(outcome: EvaluationOutcome, samples: Sequence[Sample]) -> list[Any]:
+    """Records in (prompt, sample) order: the evaluator appends them as chains finish."""
+    position = {sample.id: i for i, sample in enumerate(samples)}
+    return sorted(
+        outcome.records,
+        key=lambda r: (r.prompt_index, position.get(r.sample_id, len(position))),
+    )
+
+
+class TaskScorer:
+    """Scores prompts on one task's samples with `evaluator`, recording into `recorder`."""
+
+    def __init__(
+        self,
+        task: Any,
+        evaluator: ScoringEvaluator,
+        recorder: TaskRecorder | None,
+        budget_engines: Sequence[Any],
+    ) -> None:
+        self.task = task
+        self.name: str = task.name
+        self.evaluator = evaluator
+        self.recorder = recorder
+        self.budget_engines = tuple(budget_engines)
+
+    def check_budget(self) -> None:
+        """Raise `BudgetStop` when an engine says the run's budget is spent."""
+        for engine in self.budget_engines:
+            check = getattr(engine, "budget_exhausted", None)
+            reason = check() if callable(check) else None
+            if reason:
+                raise BudgetStop(reason)
+
+    async def outcome(
+        self,
+        split: str,
+        samples: Sequence[Sample],
+        prompts: Sequence[str],
+        step: int,
+        purpose: str,
+    ) -> EvaluationOutcome:
+        """Score `prompts` on `samples` (as `split`); the records are written with step/purpose."""
+        view = TaskView(self.task, {split: samples})
+        outcome = await self.evaluator.evaluate(view, list(prompts), split)
+        if outcome.stopped_by_budget:
+            # Scores of a half-finished evaluation would be wrong: keep none of them.
+            raise BudgetStop(outcome.stopped_by_budget)
+        records = sorted_records(outcome, samples)
+        if self.recorder is not None:
+            rows = []
+            for record in records:
+                row = record.to_json() if hasattr(record, "to_json") else dict(vars(record))
+                row.update({"step": step, "purpose": purpose})
+                rows.append(row)
+            self.recorder.append("scores", rows)
+        self._check_failures(records, len(prompts), len(samples), split, step)
+        return outcome
+
+    async def scores(
+        self,
+        split: str,
+        samples: Sequence[Sample],
+        prompts: Sequence[str],
+        step: int,
+        purpose: str,
+    ) -> list[float]:
+        """The mean score of each prompt, in order."""
+        outcome = await self.outcome(split, samples, prompts, step, purpose)
+        return [float(score) for score in np.asarray(outcome.mean_scores, dtype=float)]
+
+    def _check_failures(
+        self, records: Sequence[Any], prompts: int, samples: int, split: str, step: int
+    ) -> None:
+        """Warn about failed samples (left out of the mean); stop when a prompt has no score."""
+        failed = [record for record in records if record.failure is not None]
+        if not failed or samples == 0:
+            return
+        answered = [0] * prompts
+        for record in records:
+            if record.failure is None:
+                answered[record.prompt_index] += 1
+        if min(answered) == 0:
+            raise ScoringFailed(
+                f"task {self.name}, step {step}: no {split} sample of a prompt could be scored "
+                f"({len(failed)} of {prompts * samples} failed; first: {failed[0].failure}); "
+                "the finished work is saved, continue with --resume"
+            )
+        logger.warning(
+            "task %s step %d: %d of %d %s samples failed and are left out of the means",
+            self.name,
+            step,
+            len(failed),
+            prompts * samples,
+            split,
+        )
