@@ -53,13 +53,15 @@ from engine.event_loop import run as run_async
 from gpo.budget_guard import resume_stop_message
 from gpo.config import LIMITS, MAX_STEPS, OptimizerConfig
 from gpo.embedders import EMBEDDER_KINDS, EmbedderConfig
-from gpo.endpoints import (
+from gpo.endpoint_flags import (
     MAX_TOKENS,
+    ROLES,
     BoundedNumber,
     add_endpoint_arguments,
     add_shared_arguments,
-    open_engines,
 )
+from gpo.endpoint_flags import spec_from_args as engine_set_from_args
+from gpo.endpoints import open_engines
 from gpo.ledger_view import engines_snapshot
 from gpo.meta_prompts import SCORE_SCALES, UPDATE_STYLES
 from gpo.methods import METHOD_PRESETS, METHODS, config_for_method
@@ -547,7 +549,7 @@ def _run_locked(
 
     async def main() -> dict[str, Any]:
         guard.watch()  # SIGTERM cancels this task: a clean stop, as Ctrl-C
-        async with open_engines(args, ["scorer", "optimizer"], run_dir.path) as engines:
+        async with open_engines(engine_set_from_args(args, ROLES, run_dir.path)) as engines:
             progress.engines = (engines["scorer"], engines["optimizer"])
             refresher = asyncio.create_task(_refresh_forever(progress))
             try:
