@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
+import sys
+import urllib.request
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from gpo.endpoint_flags import add_endpoint_arguments, add_shared_arguments, spe
 from gpo.endpoints import open_engines
 from perf.engines import endpoint_spec as bench_endpoint_spec
 from perf.servers import Endpoint
+from tests.test_managed_process import FAKE_SERVER
 
 SECRET = "sk-test-0123456789abcdefghijklmnop"
 
@@ -229,6 +233,25 @@ async def test_a_dollar_cap_with_an_unpriced_model_is_refused(opened) -> None:
     )
     async with open_engines(priced) as engines:
         assert engines["scorer"].config.budget_usd == 2.0
+
+
+async def test_the_vllm_kind_starts_and_stops_a_managed_server(monkeypatch, tmp_path) -> None:
+    if (Path(sys.executable).parent / "vllm").exists():
+        pytest.skip("a real vllm is installed next to Python; it would be started")
+    executable = tmp_path / "bin" / "vllm"
+    executable.parent.mkdir()
+    executable.write_text(f"#!{sys.executable}\n" + FAKE_SERVER)
+    executable.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{executable.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    scorer = EndpointSpec(role="scorer", kind="vllm", serve="org/model")
+    async with open_engines(EngineSetSpec((scorer,), log_dir=tmp_path)) as engines:
+        backend = engines["scorer"].backend
+        assert backend.model == "org/model"
+        assert backend.identity == "managed-vllm|org/model"  # stable across ports
+        url = backend.base_url
+    assert (tmp_path / "vllm-scorer.log").exists()
+    with pytest.raises(OSError):  # stopped with the engines
+        urllib.request.urlopen(f"{url}/models", timeout=10)
 
 
 # -- bench and the CLI build the same engine -------------------------------------------------------
