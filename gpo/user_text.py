@@ -4,7 +4,7 @@ Python hands over a command-line argument that is not valid UTF-8 as a `str` hol
 surrogates (PEP 383); such text cannot be written to JSON, sent to a server or hashed into a cache
 key, so it is refused before any work with the flag named. Text files are decoded strictly, and a
 bad byte is reported with its file, line and byte offset instead of a `UnicodeDecodeError`
-(`read_text_file`, which lives in `backends.text_files` because key files are read there too).
+(`read_text_file`, in `backends.text_files` so that the engine layer reads key files with it).
 """
 
 from __future__ import annotations
