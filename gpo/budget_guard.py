@@ -23,10 +23,10 @@ from gpo.run_dir import RunDirectory
 
 
 def refuse_unpriced_dollar_cap(
-    args: argparse.Namespace, engines: Mapping[str, Any], prices: PriceTable
+    cap: float | None, engines: Mapping[str, Any], prices: PriceTable
 ) -> None:
-    """Raise `ConfigError` when `--budget-usd` is set and a role's model has no price."""
-    cap = getattr(args, "budget_usd", None)
+    """Raise `ConfigError` when the dollar cap (`--budget-usd`) is set and a role's model has no
+    price."""
     if cap is None:
         return
     for role, engine in engines.items():

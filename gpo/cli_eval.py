@@ -26,12 +26,13 @@ from benchmarks import (
     resolve_task_names,
 )
 from engine.event_loop import run as run_async
-from gpo.endpoints import (
+from gpo.endpoint_flags import (
     BoundedNumber,
     add_endpoint_arguments,
     add_shared_arguments,
-    open_engines,
+    spec_from_args,
 )
+from gpo.endpoints import open_engines
 from gpo.eval_job import EvalJob, check_out_dir, ensure_writable_dir, fresh_dir, run_eval_job
 from gpo.scoring_flags import add_scoring_arguments, scoring_settings
 from gpo.scoring_rules import ScoringRules
@@ -190,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     bar = progress.add_task("scoring", total=total)
 
     async def main() -> dict[str, Any]:
-        async with open_engines(args, ["scorer"], out_dir) as engines:
+        async with open_engines(spec_from_args(args, ["scorer"], out_dir)) as engines:
             return await run_eval_job(
                 job, engines["scorer"], out_dir, on_record=lambda _: progress.advance(bar)
             )

@@ -39,6 +39,8 @@ from rich.console import Console
 from benchmarks import resolve_data_dir
 from engine.event_loop import run as run_async
 from gpo.budget_guard import resume_stop_message
+from gpo.endpoint_flags import ROLES
+from gpo.endpoint_flags import spec_from_args as engine_set_from_args
 from gpo.endpoints import open_engines
 from gpo.optimize_args import add_parser as add_parser  # the `gpo` command adds it from here
 from gpo.optimize_args import build_optimize_parser, spec_from_args
@@ -166,7 +168,7 @@ def _run_locked(
 
     async def main() -> dict[str, Any]:
         guard.watch()  # SIGTERM cancels this task: a clean stop, as Ctrl-C
-        async with open_engines(args, ["scorer", "optimizer"], run_dir.path) as engines:
+        async with open_engines(engine_set_from_args(args, ROLES, run_dir.path)) as engines:
             progress.engines = (engines["scorer"], engines["optimizer"])
             refresher = asyncio.create_task(refresh_forever(progress))
             try:

@@ -19,7 +19,7 @@ from typing import Any
 from backends.errors import ConfigError
 from backends.llamacpp import SMOLLM2_CONTEXT_TOKENS, EmbeddedModelServer, LlamaServerConfig
 from backends.vllm_serve import ManagedVllmServer, VllmServeConfig
-from gpo.endpoints import BoundedNumber
+from gpo.endpoint_flags import BoundedNumber
 
 EXIT_INTERRUPTED = 130
 

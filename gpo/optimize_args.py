@@ -16,7 +16,7 @@ from backends.errors import ConfigError
 from benchmarks import load_task, resolve_task_names
 from gpo.config import LIMITS, MAX_STEPS, OptimizerConfig
 from gpo.embedders import EMBEDDER_KINDS, EmbedderConfig
-from gpo.endpoints import BoundedNumber, add_endpoint_arguments, add_shared_arguments
+from gpo.endpoint_flags import BoundedNumber, add_endpoint_arguments, add_shared_arguments
 from gpo.meta_prompts import SCORE_SCALES, UPDATE_STYLES
 from gpo.methods import METHOD_PRESETS, METHODS, config_for_method
 from gpo.retrieval import DIRECTIONS, RELEVANCE_ORDERS

@@ -24,7 +24,7 @@ from typing import Any
 from backends.errors import ConfigError
 from backends.openai_client import redact_url
 from benchmarks import DATA_DIR_ENV, resolve_data_dir
-from gpo.endpoints import ROLES
+from gpo.endpoint_flags import ROLES
 from gpo.run_dir import RunDirectory
 from gpo.runner import now_iso
 

@@ -14,7 +14,7 @@ from backends.protocol import SamplingParams
 from benchmarks import PromptLayout
 from benchmarks.layout import POSITIONS
 from engine.evaluator import EvaluatorSettings
-from gpo.endpoints import MAX_TOKENS, BoundedNumber
+from gpo.endpoint_flags import MAX_TOKENS, BoundedNumber
 from gpo.scoring_rules import add_scoring_rule_arguments
 
 MAX_SHOTS = 1_000

@@ -3,16 +3,17 @@
 Python hands over a command-line argument that is not valid UTF-8 as a `str` holding lone
 surrogates (PEP 383); such text cannot be written to JSON, sent to a server or hashed into a cache
 key, so it is refused before any work with the flag named. Text files are decoded strictly, and a
-bad byte is reported with its file, line and byte offset instead of a `UnicodeDecodeError`.
+bad byte is reported with its file, line and byte offset instead of a `UnicodeDecodeError`
+(`read_text_file`, in `backends.text_files` so that the engine layer reads key files with it).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 from backends.errors import ConfigError
+from backends.text_files import read_text_file as read_text_file  # re-exported
 
 _ESCAPED_BYTES = range(0xDC80, 0xDD00)  # where surrogateescape puts the bytes 0x80..0xff
 
@@ -40,23 +41,3 @@ def check_arguments(args: argparse.Namespace) -> None:
                 text = os.fspath(item)
                 if isinstance(text, str):
                     check_text(text, "--" + name.replace("_", "-"))
-
-
-def read_text_file(path: Path, flag: str, *, secret: bool = False) -> str:
-    """The UTF-8 text of `path`; `ConfigError` naming `flag`, the file and where it is not.
-
-    With `secret` (a key file) the error names the offset but not the byte itself.
-    """
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise ConfigError(f"{flag}: cannot read {path}: {error.strerror or error}") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        what = "a byte" if secret else f"byte 0x{raw[error.start]:02x}"
-        raise ConfigError(
-            f"{flag} {path}: line {line}: {what} at byte offset {error.start} is not valid "
-            "UTF-8; save the file as UTF-8"
-        ) from None

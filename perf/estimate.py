@@ -9,7 +9,7 @@ from typing import Any
 from benchmarks import Task
 from engine.evaluator import FIRST_TURN_PARAMS
 from perf.contenders.base import run_async
-from perf.engines import build_estimate_engines
+from perf.engines import open_estimate_engines
 from perf.servers import answer_key_for
 
 CHECK_STEPS = 4
@@ -101,9 +101,8 @@ def _run_optimization(
     from gpo.optimizer import PromptOptimizer
 
     async def main() -> tuple[dict[str, Any], dict[str, Any]]:
-        scorer, optimizer = build_estimate_engines(base_url, model)
         embedder = make_embedder(EmbedderConfig())
-        async with scorer, optimizer:
+        async with open_estimate_engines(base_url, model) as (scorer, optimizer):
             loop = PromptOptimizer(
                 config, evaluator=Evaluator(scorer), optimizer=optimizer, embedder=embedder
             )

@@ -1,6 +1,7 @@
 """One scoring evaluation of the fault matrix: a fresh simulated server (in a child process or in
-this event loop) with a cell's faults, the real `Engine`, `ResponseCache` and `Evaluator`, and
-the server restarts or outages a cell calls for, sent as the evaluation passes thresholds.
+this event loop) with a cell's faults, the real `Engine`, `ResponseCache` and `Evaluator` (the
+engine built by `gpo.endpoints.open_engines`, as the CLI builds it), and the server restarts or
+outages a cell calls for, sent as the evaluation passes thresholds.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Any
 
 import aiohttp
 
-from backends.openai_client import OpenAICompatibleBackend
 from backends.protocol import Capabilities
 from backends.simulated import (
     SimulatedServer,
@@ -25,9 +25,10 @@ from backends.simulated import (
     start_server_process,
 )
 from benchmarks import Task
-from engine.cache import ResponseCache
-from engine.engine import Engine, EngineConfig
+from engine.endpoint_spec import EndpointSpec, EngineSetSpec
+from engine.engine import Engine
 from engine.evaluator import EvaluationResult, Evaluator, SampleRecord
+from gpo.endpoints import open_engines
 from gpo.eval_job import summarise
 from perf.fault_cells import EvaluationRun, MatrixSettings
 
@@ -65,6 +66,30 @@ async def _metrics(session: aiohttp.ClientSession, url: str) -> dict[str, float]
 
 
 # -- one evaluation ------------------------------------------------------------------------------
+
+ROLE = "scorer"
+
+
+def scorer_spec(
+    settings: MatrixSettings, config: SimulatedServerConfig, base_url: str
+) -> EndpointSpec:
+    """The engine under test, as the CLI would build it for this server and these retry and
+    timeout settings; no start-up probe (a fault would fail it, and every request counts)."""
+    return EndpointSpec(
+        role=ROLE,
+        urls=(base_url,),
+        model=config.model,
+        capabilities=Capabilities(max_concurrency=config.max_num_seqs),
+        chat_template="chatml",
+        batch_size=settings.max_batch_size,
+        max_retries=settings.max_retries,
+        backoff_base_s=settings.backoff_base_s,
+        backoff_max_s=settings.backoff_max_s,
+        seed=settings.seed,
+        request_timeout_s=settings.request_timeout_s,
+        connect_timeout_s=min(settings.request_timeout_s, 5.0),
+        probe=False,
+    )
 
 
 def evaluation_prompts(count: int) -> list[str]:
@@ -105,23 +130,7 @@ async def run_evaluation(
         simulated_server(config, answer_key, settings.server) as url,
         aiohttp.ClientSession() as control,
     ):
-        backend = OpenAICompatibleBackend(
-            f"{url}/v1",
-            config.model,
-            capabilities=Capabilities(max_concurrency=config.max_num_seqs),
-            request_timeout_s=settings.request_timeout_s,
-            connect_timeout_s=min(settings.request_timeout_s, 5.0),
-        )
-        engine_config = EngineConfig(
-            chat_template="chatml",
-            max_batch_size=settings.max_batch_size,
-            max_retries=settings.max_retries,
-            backoff_base_s=settings.backoff_base_s,
-            backoff_max_s=settings.backoff_max_s,
-            seed=settings.seed,
-        )
-        cache = ResponseCache(cache_path)
-        engine = Engine(backend, engine_config, cache=cache)
+        spec = EngineSetSpec((scorer_spec(settings, config, f"{url}/v1"),), cache_path=cache_path)
         disruptions = _Disruptions(
             control,
             url,
@@ -132,12 +141,14 @@ async def run_evaluation(
         disruptions.start()
         result: EvaluationResult | None = None
         summary: dict[str, Any] | None = None
+        engine: Engine | None = None
         hang = False
         error: str | None = None
         started = time.monotonic()
         try:
             async with asyncio.timeout(settings.cell_deadline_s):
-                async with engine:
+                async with open_engines(spec) as engines:
+                    engine = engines[ROLE]
                     result = await Evaluator(engine).evaluate(
                         task, prompts, settings.split, limit=samples, on_record=disruptions.seen
                     )
@@ -150,12 +161,11 @@ async def run_evaluation(
             error = f"{type(exception).__name__}: {exception}"
         finally:
             wall = time.monotonic() - started
-            if hang:
+            if hang and engine is not None:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(10):
                         await engine.close()
             await disruptions.finish()
-            cache.close()
         async with asyncio.timeout(30):
             while True:  # an outage may still be under way; its server comes back on its own
                 try:

@@ -118,9 +118,11 @@ CLIENT_MODULES = (
     "uvloop",
     "backends.openai_client",
     "backends.simulated.tokens",
+    "engine.backend_kinds",
     "engine.cache",
     "engine.engine",
     "engine.evaluator",
+    "gpo.endpoints",
     "gpo.task_view",
 )
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from perf.contenders.base import Contender, RunContext, run_async
-from perf.engines import build_engine
+from perf.engines import open_engine
 from perf.rounds import PromptGroup
 
 if TYPE_CHECKING:
@@ -21,26 +22,21 @@ def run_engine(ctx: RunContext) -> None:
 
 
 async def _engine_rounds(ctx: RunContext) -> None:
-    from engine.cache import ResponseCache
     from engine.evaluator import Evaluator, EvaluatorSettings
 
-    cache = ResponseCache(ctx.cache_path) if ctx.cache_path else None
-    try:
-        async with build_engine(ctx.endpoint, cache) as engine:
-            evaluator = Evaluator(engine, EvaluatorSettings(layout=ctx.layout))
-            for plan in ctx.rounds:
-                if ctx.chains_done and ctx.out_of_time():
-                    return
-                # A round is one evaluator call when every prompt has the same samples (always,
-                # except when re-running failed chains: then one call per prompt, all at once).
-                same_samples = len({group.samples for group in plan.groups}) == 1
-                batches = [plan.groups] if same_samples else [(g,) for g in plan.groups]
-                await asyncio.gather(
-                    *(_evaluate(ctx, evaluator, batch, plan.split) for batch in batches)
-                )
-    finally:
-        if cache is not None:
-            cache.close()
+    cache_path = Path(ctx.cache_path) if ctx.cache_path else None
+    async with open_engine(ctx.endpoint, cache_path) as engine:
+        evaluator = Evaluator(engine, EvaluatorSettings(layout=ctx.layout))
+        for plan in ctx.rounds:
+            if ctx.chains_done and ctx.out_of_time():
+                return
+            # A round is one evaluator call when every prompt has the same samples (always,
+            # except when re-running failed chains: then one call per prompt, all at once).
+            same_samples = len({group.samples for group in plan.groups}) == 1
+            batches = [plan.groups] if same_samples else [(g,) for g in plan.groups]
+            await asyncio.gather(
+                *(_evaluate(ctx, evaluator, batch, plan.split) for batch in batches)
+            )
 
 
 async def _evaluate(

@@ -1,0 +1,136 @@
+"""The built-in backend kinds, registered with `engine.backend_registry`.
+
+- "url": one or several OpenAI-compatible base URLs (several are one `EndpointPool`).
+- "embedded": the SmolLM2 model served by llama.cpp on a free loopback port; one server for every
+  role of a run that uses it, stopped at the end.
+- "vllm": `vllm serve MODEL` (`EndpointSpec.serve`) on a free loopback port, one per role.
+
+Each opens its backends through `open_http_backend`: the key read from the endpoint's key source,
+the connection pool sized from its concurrency and, unless the endpoint says not to, the start-up
+probe (`backends.startup_probe`), which checks the model against those the server lists or takes
+the first one, so an unknown model or an unreachable server is one clear error naming the flag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from backends.errors import ConfigError
+from backends.openai_client import OpenAICompatibleBackend
+from backends.protocol import Backend, Capabilities
+from backends.startup_probe import served_models
+from engine.backend_registry import OpenContext, register_backend
+from engine.endpoint_pool import EndpointPool
+from engine.endpoint_spec import EndpointSpec
+
+
+async def open_http_backend(
+    spec: EndpointSpec,
+    url: str,
+    capabilities: Capabilities,
+    *,
+    model: str | None = None,
+    identity: str | None = None,
+) -> OpenAICompatibleBackend:
+    """A backend for `url` with `spec`'s key, timeouts and connection pool; the model is `model`
+    (a server started here names its own), else `spec.model`, else the first one listed."""
+
+    def make(name: str | None) -> OpenAICompatibleBackend:
+        return OpenAICompatibleBackend(
+            url,
+            name,
+            api_key=spec.api_key.read(spec.flag_prefix),
+            capabilities=capabilities,
+            max_connections=spec.max_connections(capabilities),
+            request_timeout_s=spec.request_timeout_s,
+            connect_timeout_s=spec.connect_timeout_s,
+            identity=identity,
+        )
+
+    wanted = model or spec.model
+    backend = make(wanted)
+    if not spec.probe:
+        return backend
+    try:
+        models = await served_models(backend, spec.role)
+    except BaseException:
+        await backend.close()
+        raise
+    if wanted:
+        if models is not None and models and wanted not in models:
+            await backend.close()
+            raise ConfigError(
+                f"{spec.flag('model')} {wanted!r}: {backend.base_url} does not serve it; "
+                f"it serves: {', '.join(models)}"
+            )
+        return backend
+    await backend.close()
+    if not models:
+        raise ConfigError(f"{spec.flag('model')}: {backend.base_url} lists no model; name one")
+    return make(models[0])
+
+
+@contextlib.asynccontextmanager
+async def _closing(backend: Backend) -> AsyncIterator[Backend]:
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+@register_backend("url")
+@contextlib.asynccontextmanager
+async def open_urls(spec: EndpointSpec, context: OpenContext) -> AsyncIterator[Backend]:
+    """One backend per URL (several make a pool, spread by least outstanding work)."""
+    if not spec.urls:
+        raise ConfigError(f"{spec.flag('url')}: no URL given")
+    backends: list[Backend] = []
+    try:
+        for url, identity in zip(spec.urls, spec.url_identities(), strict=True):
+            capabilities = spec.capabilities or Capabilities()
+            backends.append(await open_http_backend(spec, url, capabilities, identity=identity))
+    except BaseException:
+        for opened in backends:
+            await opened.close()
+        raise
+    backend = backends[0] if len(backends) == 1 else EndpointPool(backends)
+    async with _closing(backend):
+        yield backend
+
+
+@register_backend("embedded")
+@contextlib.asynccontextmanager
+async def open_embedded(spec: EndpointSpec, context: OpenContext) -> AsyncIterator[Backend]:
+    """The embedded llama.cpp model, started once for every role that uses it."""
+    from backends.llamacpp import EmbeddedModelServer
+
+    server = await context.shared(
+        "embedded", lambda: EmbeddedModelServer(log_path=context.log_path("embedded-server.log"))
+    )
+    backend = await open_http_backend(
+        spec,
+        server.url,
+        server.capabilities,
+        model=server.model_name,
+        identity="embedded-llama.cpp",
+    )
+    async with _closing(backend):
+        yield backend
+
+
+@register_backend("vllm")
+@contextlib.asynccontextmanager
+async def open_vllm(spec: EndpointSpec, context: OpenContext) -> AsyncIterator[Backend]:
+    """`vllm serve spec.serve` for this role, stopped when the role's backend closes."""
+    from backends.vllm_serve import ManagedVllmServer
+
+    if not spec.serve:
+        raise ConfigError(f"{spec.flag('vllm')}: no model to serve")
+    log_path = context.log_path(f"vllm-{spec.role}.log")
+    async with ManagedVllmServer(spec.serve, log_path=log_path) as server:
+        backend = await open_http_backend(
+            spec, server.url, server.capabilities, model=server.model_name, identity="managed-vllm"
+        )
+        async with _closing(backend):
+            yield backend
