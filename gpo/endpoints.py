@@ -3,7 +3,7 @@
 Each role gets an endpoint: `--ROLE-url` (one or several: several are spread by least outstanding
 work), a managed `vllm serve` (`--ROLE-vllm MODEL`), or, when no role names any endpoint, the
 embedded SmolLM2 model served by llama.cpp on a free loopback port, shared by both roles and
-stopped at the end. All engines of a run share one response cache and one ledger.
+stopped at the end. All engines of a run share one response cache, one ledger and one budget.
 
 API keys are read from an environment variable (`--ROLE-api-key-env`, default OPENAI_API_KEY) or
 a file (`--ROLE-api-key-file`), never from the command line, so they stay out of shell history,
@@ -46,6 +46,7 @@ from backends.errors import (
 from backends.openai_client import OpenAICompatibleBackend
 from backends.protocol import Backend, Capabilities
 from backends.redaction import is_env_var_name, looks_like_key
+from engine.budget import Budget
 from engine.cache import ResponseCache
 from engine.engine import Engine, EngineConfig
 from engine.ledger import Ledger
@@ -281,8 +282,6 @@ def _engine_config(args: argparse.Namespace, role: str, capabilities: Capabiliti
         requests_per_minute=getattr(args, f"{role}_rpm", None),
         tokens_per_minute=getattr(args, f"{role}_tpm", None),
         max_retries=getattr(args, "max_retries", 8),
-        budget_usd=getattr(args, "budget_usd", None),
-        budget_tokens=getattr(args, "budget_tokens", None),
     )
 
 
@@ -409,10 +408,14 @@ async def open_engines(
     roles: Sequence[str],
     run_dir: Path | None,
 ) -> AsyncIterator[dict[str, Engine]]:
-    """Engines for `roles`, sharing one cache and one ledger; every server started here is
-    stopped on exit, also on errors and Ctrl-C."""
+    """Engines for `roles`, sharing one cache, one ledger and one budget; every server started
+    here is stopped on exit, also on errors and Ctrl-C."""
     prices = PriceTable.from_file(args.prices) if getattr(args, "prices", None) else PriceTable()
     ledger = Ledger(prices)
+    # One budget for the run: every engine sees the others' calls in flight.
+    budget = Budget(
+        ledger, usd=getattr(args, "budget_usd", None), tokens=getattr(args, "budget_tokens", None)
+    )
     cache: ResponseCache | None = None
     if not getattr(args, "no_cache", False):
         cache_path = getattr(args, "cache", None) or (
@@ -478,6 +481,7 @@ async def open_engines(
                 _engine_config(args, role, backend.capabilities),
                 cache=cache,
                 ledger=ledger,
+                budget=budget,
             )
             await stack.enter_async_context(engine)
             engines[role] = engine

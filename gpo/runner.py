@@ -215,6 +215,7 @@ async def run_optimization(
             # Embedding calls follow the optimizer's retry policy and budget, in its ledger.
             engine_config=optimizer.config if isinstance(optimizer, Engine) else None,
             ledger=optimizer.ledger if isinstance(optimizer, Engine) else None,
+            budget=optimizer.budget if isinstance(optimizer, Engine) else None,
         )
     evaluator = evaluator or Evaluator(scorer, spec.scoring)
     loop = PromptOptimizer(
