@@ -22,8 +22,8 @@ Everything is deterministic given the answers: seeds drawn from the config, a fi
 written. With the engine's response cache in the run directory, re-running a killed task
 replays its finished work from the cache at no cost and ends with the same result.
 
-A spent budget (`BudgetExhausted`, or an evaluation the engine stopped for budget) ends the task
-cleanly with status "stopped" and the best prompt found so far.
+A spent budget (`BudgetExhausted`: raised by the engines, or for an evaluation they stopped) ends
+the task cleanly with status "stopped" and the best prompt found so far.
 """
 
 from __future__ import annotations
@@ -77,10 +77,6 @@ _ASK_KINDS = {
     "momentum": Purpose.REFLECTION,
     "summary": Purpose.NEW_PROMPT,
 }
-
-
-class BudgetStop(GpoError):
-    """Internal: the run's budget is spent; the task ends with what it has."""
 
 
 class ScoringFailed(GpoError):
@@ -223,7 +219,7 @@ class _TaskRun:
                     )
                 if cfg.evaluate_test:
                     initial_test, final_test, test_by_step = await self._score_test()
-        except (BudgetExhausted, BudgetStop) as stop:
+        except BudgetExhausted as stop:
             self.stop_reason = str(stop)
             logger.warning("task %s stopped: %s", self.name, stop)
         result = self._result(initial_test, final_test, test_by_step)
@@ -441,7 +437,7 @@ class _TaskRun:
             check = getattr(engine, "budget_exhausted", None)
             reason = check() if callable(check) else None
             if reason:
-                raise BudgetStop(reason)
+                raise BudgetExhausted(reason)
 
     async def _evaluate_outcome(
         self,
@@ -453,9 +449,9 @@ class _TaskRun:
     ) -> EvaluationOutcome:
         view = TaskView(self.task, {split: samples})
         outcome = await self.owner.evaluator.evaluate(view, list(prompts), split)
-        if outcome.stopped_by_budget:
+        if outcome.budget_exhausted:
             # Scores of a half-finished evaluation would be wrong: keep none of them.
-            raise BudgetStop(outcome.stopped_by_budget)
+            raise BudgetExhausted(outcome.budget_exhausted)
         records = self._sorted_records(outcome, samples)
         if self.recorder is not None:
             rows = []
