@@ -1,5 +1,6 @@
 """Evaluation engine: turns "score these prompts on these samples" into requests, keeps a server's
-batch full, and never loses finished work (scheduler, cache, limits, ledger, evaluator).
+batch full, and never loses finished work (scheduler, cache, limits, retries, budget, ledger,
+evaluator).
 
 The public names are re-exported here (see `__all__` and docs/python-api.md). A user's own
 evaluation loop (a notebook, a DSPy-style program) drives the engine like this:
@@ -35,15 +36,20 @@ in a script: `asyncio.run(ask_all(...))`.
 from backends.errors import BackendError, ConfigError, GpoError
 from backends.openai_client import OpenAICompatibleBackend
 from backends.protocol import Capabilities, Completion, Message, Purpose, Request, SamplingParams
+from engine.budget import Budget, BudgetExhausted
 from engine.cache import ResponseCache
+from engine.config import EngineConfig
 from engine.endpoint_pool import EndpointPool
-from engine.engine import BudgetExhausted, Engine, EngineConfig, Priority, RequestFailed
+from engine.engine import Engine
 from engine.evaluator import EvaluationResult, Evaluator, EvaluatorSettings, SampleRecord
 from engine.ledger import Ledger
 from engine.prices import ModelPrice, PriceTable
+from engine.queues import Priority
+from engine.retry_policy import RequestFailed, RetryPolicy
 
 __all__ = [
     "BackendError",
+    "Budget",
     "BudgetExhausted",
     "Capabilities",
     "Completion",
@@ -65,6 +71,7 @@ __all__ = [
     "Request",
     "RequestFailed",
     "ResponseCache",
+    "RetryPolicy",
     "SampleRecord",
     "SamplingParams",
 ]

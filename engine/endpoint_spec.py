@@ -114,10 +114,9 @@ class EndpointSpec:
         concurrency = self.concurrency or capabilities.max_concurrency or 64
         return max(8, concurrency * 2)
 
-    def engine_config(
-        self, *, budget_usd: float | None = None, budget_tokens: int | None = None
-    ) -> EngineConfig:
-        """The engine's scheduling policy; the budgets are the run's, shared by every role."""
+    def engine_config(self) -> EngineConfig:
+        """The engine's scheduling policy (the budget is the run's, shared by every role: see
+        `engine.budget.Budget`)."""
         return EngineConfig(
             max_concurrency=self.concurrency,
             max_batch_size=self.batch_size,
@@ -130,8 +129,6 @@ class EndpointSpec:
             backoff_base_s=self.backoff_base_s,
             backoff_max_s=self.backoff_max_s,
             seed=self.seed,
-            budget_usd=budget_usd,
-            budget_tokens=budget_tokens,
         )
 
 

@@ -21,7 +21,10 @@ import numpy as np
 from backends.protocol import Message, Request, SamplingParams
 from benchmarks import PromptLayout, Sample, Task, answer_turn, build_prompt, extract_answer
 from benchmarks import score_answer as score_text
-from engine.engine import BudgetExhausted, Engine, Priority, RequestFailed
+from engine.budget import BudgetExhausted
+from engine.engine import Engine
+from engine.queues import Priority
+from engine.retry_policy import RequestFailed
 
 FIRST_TURN_PARAMS = SamplingParams(max_tokens=256)
 FOLLOW_UP_PARAMS = SamplingParams(max_tokens=100)
@@ -66,7 +69,7 @@ class EvaluationResult:
     prompts: tuple[str, ...]
     scores: np.ndarray
     records: list[SampleRecord] = field(default_factory=list)
-    stopped_by_budget: str | None = None
+    budget_exhausted: str | None = None
 
     @property
     def mean_scores(self) -> np.ndarray:
@@ -188,7 +191,7 @@ class Evaluator:
 
         async def chain_worker() -> None:
             for prompt_index, sample_index in pairs:
-                if result.stopped_by_budget is not None:
+                if result.budget_exhausted is not None:
                     return
                 record = await self._score_one(
                     task,
@@ -253,7 +256,7 @@ class Evaluator:
             if isinstance(error, RequestFailed) and error.fatal:
                 raise  # the endpoint is unusable: stop the evaluation, not just this sample
             if isinstance(error, BudgetExhausted):
-                result.stopped_by_budget = str(error)
+                result.budget_exhausted = str(error)
             return SampleRecord(
                 task.name,
                 split,

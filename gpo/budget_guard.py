@@ -48,11 +48,12 @@ _CAPS = (
 
 
 def session_budgets(engines: Sequence[Any]) -> dict[str, float | None]:
-    """The caps the engines run under, as `state.json` records them for the next resume."""
+    """The caps the engines run under (their shared `Budget`), as `state.json` records them
+    for the next resume."""
     for engine in engines:
-        config = getattr(engine, "config", None)
-        if config is not None:
-            return {name: getattr(config, name, None) for name, _, _ in _CAPS}
+        budget = getattr(engine, "budget", None)
+        if budget is not None:
+            return budget.describe()
     return {}
 
 

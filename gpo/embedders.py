@@ -41,6 +41,7 @@ from backends.errors import (
 )
 from backends.openai_client import OpenAICompatibleBackend
 from backends.redaction import is_env_var_name, scrub_url
+from engine.budget import Budget
 from engine.engine import Engine, EngineConfig, RequestFailed
 from engine.ledger import Ledger
 
@@ -112,8 +113,8 @@ class EndpointEmbedder:
 
     The HTTP client is the project's one (`OpenAICompatibleBackend`) and each batch is one
     `Engine.embed` call, so embeddings are retried, paused by `Retry-After` and counted in the
-    ledger (phase `embedding`) by the same rules as every other model call. `engine_config`
-    and `ledger` are usually the run's, so its retry settings and budget apply here too.
+    ledger (phase `embedding`) by the same rules as every other model call. `engine_config`,
+    `ledger` and `budget` are usually the run's, so its retry settings and budget apply here too.
     """
 
     def __init__(
@@ -126,6 +127,7 @@ class EndpointEmbedder:
         batch_size: int = 64,
         engine_config: EngineConfig | None = None,
         ledger: Ledger | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.url = scrub_url(embeddings_url(base_url))
         self.model = model
@@ -139,7 +141,7 @@ class EndpointEmbedder:
             request_timeout_s=timeout_s,
             max_connections=4,
         )
-        self.engine = Engine(backend, engine_config, ledger=ledger)
+        self.engine = Engine(backend, engine_config, ledger=ledger, budget=budget)
 
     @property
     def identity(self) -> str:
@@ -328,13 +330,14 @@ def make_embedder(
     *,
     engine_config: EngineConfig | None = None,
     ledger: Ledger | None = None,
+    budget: Budget | None = None,
 ) -> CachedEmbedder:
     """Build the configured embedder, wrapped in a cache (on disk when `cache_path` is given).
 
-    An endpoint embedder follows `engine_config`'s retry policy and budget (its request and
-    token rates describe another endpoint, so they are not applied) and records its usage in
-    `ledger`: pass the run's, so embeddings appear in the run's ledger and count against its
-    budget.
+    An endpoint embedder follows `engine_config`'s retry policy (its request and token rates
+    describe another endpoint, so they are not applied), records its usage in `ledger` and
+    stops with `budget`: pass the run's, so embeddings appear in the run's ledger and count
+    against its budget.
     """
     inner: Embedder
     if config.kind == "hashing":
@@ -364,6 +367,7 @@ def make_embedder(
             api_key=api_key,
             engine_config=engine_config,
             ledger=ledger,
+            budget=budget,
         )
     elif config.kind == "sentence-transformers":
         inner = SentenceTransformerEmbedder(config.model or BUNDLED_MINILM, device=config.device)

@@ -2,9 +2,10 @@
 
 Every endpoint of the specification is opened by the factory its kind names in
 `engine.backend_registry` (servers started, start-up probes with their short timeout), and every
-engine shares one response cache and one ledger (unless the specification asks for one ledger per
-engine). A dollar cap with a model the price table does not know is refused before any work
-(`gpo.budget_guard`). Every server started here is stopped on exit, also on errors and Ctrl-C.
+engine shares one response cache, one ledger and one budget (unless the specification asks for
+one ledger, and so one budget, per engine). A dollar cap with a model the price table does not
+know is refused before any work (`gpo.budget_guard`). Every server started here is stopped on
+exit, also on errors and Ctrl-C.
 
 The CLI builds its specification from flags (`gpo.endpoint_flags.spec_from_args`); bench and the
 fault matrix write theirs (`perf.engines`, `perf.fault_run`).
@@ -25,6 +26,7 @@ from backends.startup_probe import (
     served_models as served_models,
 )
 from engine.backend_registry import OpenContext, open_backend
+from engine.budget import Budget
 from engine.cache import ResponseCache
 from engine.endpoint_spec import EngineSetSpec
 from engine.engine import Engine
@@ -41,6 +43,9 @@ async def open_engines(spec: EngineSetSpec) -> AsyncIterator[dict[str, Engine]]:
     prices = PriceTable.from_file(spec.prices_path) if spec.prices_path else PriceTable()
     ledger = Ledger(prices)
     ledgers = [ledger]
+    # One budget per ledger (one for the run unless asked otherwise): every engine that shares
+    # it sees the others' calls in flight.
+    budgets = [Budget(ledger, usd=spec.budget_usd, tokens=spec.budget_tokens)]
     cache = ResponseCache(spec.cache_path) if spec.cache_path is not None else None
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -52,13 +57,15 @@ async def open_engines(spec: EngineSetSpec) -> AsyncIterator[dict[str, Engine]]:
                     prices.set(backend.model, ModelPrice(gpu_hour_usd=endpoint.gpu_hour_usd))
                 if not spec.shared_ledger and engines:
                     ledgers.append(Ledger(prices))
+                    budgets.append(
+                        Budget(ledgers[-1], usd=spec.budget_usd, tokens=spec.budget_tokens)
+                    )
                 engine = Engine(
                     backend,
-                    endpoint.engine_config(
-                        budget_usd=spec.budget_usd, budget_tokens=spec.budget_tokens
-                    ),
+                    endpoint.engine_config(),
                     cache=cache,
                     ledger=ledgers[-1],
+                    budget=budgets[-1],
                 )
                 await stack.enter_async_context(engine)
                 engines[endpoint.role] = engine

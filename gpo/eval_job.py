@@ -176,7 +176,7 @@ def summarise(results: Sequence[EvaluationResult], engine: Engine) -> dict[str, 
         split: aggregate({k: v for k, v in scores.items() if "#" not in k})
         for split, scores in best_by_split.items()
     }
-    stopped = next((r.stopped_by_budget for r in results if r.stopped_by_budget), None)
+    stopped = next((r.budget_exhausted for r in results if r.budget_exhausted), None)
     samples = sum(int(r.scores.size) for r in results)
     failures = sum(r.failures for r in results)
     return {

@@ -22,7 +22,7 @@ class EvaluationOutcome(Protocol):
     def mean_scores(self) -> np.ndarray: ...
 
     records: Any
-    stopped_by_budget: str | None
+    budget_exhausted: str | None
 
 
 class ScoringEvaluator(Protocol):

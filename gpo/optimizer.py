@@ -22,8 +22,8 @@ Everything is deterministic given the answers: seeds drawn from the config, a fi
 written. With the engine's response cache in the run directory, re-running a killed task
 replays its finished work from the cache at no cost and ends with the same result.
 
-A spent budget (`BudgetExhausted`, or an evaluation the engine stopped for budget) ends the task
-cleanly with status "stopped" and the best prompt found so far.
+A spent budget (`BudgetExhausted`: raised by the engines, or for an evaluation they stopped) ends
+the task cleanly with status "stopped" and the best prompt found so far.
 
 The number of steps and the format examples come from `gpo.step_plan`; scoring, with its records
 and its refusal of made-up means, is `gpo.task_scoring`.
@@ -58,7 +58,7 @@ from gpo.retrieval import select_direction
 from gpo.run_dir import TaskRecorder
 from gpo.selection import choose_next
 from gpo.step_plan import draw_format_indices, steps_per_epoch, total_steps
-from gpo.task_scoring import BudgetStop, TaskScorer, sorted_records
+from gpo.task_scoring import TaskScorer, sorted_records
 from gpo.trajectory import INITIAL_STEP, Trajectory, TrajectoryEntry
 
 logger = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class _TaskRun:
                     )
                 if cfg.evaluate_test:
                     initial_test, final_test, test_by_step = await self._score_test()
-        except (BudgetExhausted, BudgetStop) as stop:
+        except BudgetExhausted as stop:
             self.stop_reason = str(stop)
             logger.warning("task %s stopped: %s", self.name, stop)
         result = self._result(initial_test, final_test, test_by_step)

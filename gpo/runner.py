@@ -292,6 +292,7 @@ def _embedder(spec: RunSpec, run_dir: RunDirectory | None, optimizer: Any) -> Em
         # Embedding calls follow the optimizer's retry policy and budget, in its ledger.
         engine_config=optimizer.config if isinstance(optimizer, Engine) else None,
         ledger=optimizer.ledger if isinstance(optimizer, Engine) else None,
+        budget=optimizer.budget if isinstance(optimizer, Engine) else None,
     )
 
 

@@ -2,10 +2,10 @@
 
 `TaskScorer` scores prompts on a split of one task (or on a step's training batch), writes every
 record to the run directory's `scores` file in (prompt, sample) order, and refuses numbers that
-would be made up: an evaluation the engine stopped for budget keeps no score (`BudgetStop`), and a
-prompt none of whose samples could be scored stops the task (`ScoringFailed`) instead of being
-given a mean of 0. Failed samples of an otherwise scored prompt are left out of its mean, with a
-warning.
+would be made up: an evaluation the engine stopped for budget keeps no score
+(`BudgetExhausted`), and a prompt none of whose samples could be scored stops the task
+(`ScoringFailed`) instead of being given a mean of 0. Failed samples of an otherwise scored
+prompt are left out of its mean, with a warning.
 """
 
 from __future__ import annotations
@@ -18,15 +18,12 @@ import numpy as np
 
 from backends.errors import GpoError
 from benchmarks.sample import Sample
+from engine.budget import BudgetExhausted
 from gpo.interfaces import EvaluationOutcome, ScoringEvaluator
 from gpo.run_dir import TaskRecorder
 from gpo.task_view import TaskView
 
 logger = logging.getLogger(__name__)
-
-
-class BudgetStop(GpoError):
-    """Internal: the run's budget is spent; the task ends with what it has."""
 
 
 class ScoringFailed(GpoError):
@@ -59,12 +56,12 @@ class TaskScorer:
         self.budget_engines = tuple(budget_engines)
 
     def check_budget(self) -> None:
-        """Raise `BudgetStop` when an engine says the run's budget is spent."""
+        """Raise `BudgetExhausted` when an engine says the run's budget is spent."""
         for engine in self.budget_engines:
             check = getattr(engine, "budget_exhausted", None)
             reason = check() if callable(check) else None
             if reason:
-                raise BudgetStop(reason)
+                raise BudgetExhausted(reason)
 
     async def outcome(
         self,
@@ -77,9 +74,9 @@ class TaskScorer:
         """Score `prompts` on `samples` (as `split`); the records are written with step/purpose."""
         view = TaskView(self.task, {split: samples})
         outcome = await self.evaluator.evaluate(view, list(prompts), split)
-        if outcome.stopped_by_budget:
+        if outcome.budget_exhausted:
             # Scores of a half-finished evaluation would be wrong: keep none of them.
-            raise BudgetStop(outcome.stopped_by_budget)
+            raise BudgetExhausted(outcome.budget_exhausted)
         records = sorted_records(outcome, samples)
         if self.recorder is not None:
             rows = []

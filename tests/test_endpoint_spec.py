@@ -93,10 +93,10 @@ def test_flags_become_a_specification_without_reading_the_key(monkeypatch, tmp_p
     assert spec.prices_path == Path("prices.json")
     assert (spec.budget_usd, spec.budget_tokens) == (1.5, 1000)
     assert SECRET not in repr(spec)  # a name, never the key
-    config = scorer.engine_config(budget_usd=spec.budget_usd, budget_tokens=spec.budget_tokens)
+    config = scorer.engine_config()  # the budget is the run's, shared: see open_engines
     assert (config.max_concurrency, config.max_batch_size, config.prompt_lists) == (12, 8, False)
     assert (config.requests_per_minute, config.tokens_per_minute) == (60.0, 1000.0)
-    assert (config.max_retries, config.budget_usd, config.budget_tokens) == (3, 1.5, 1000)
+    assert config.max_retries == 3
     assert scorer.api_key.read(scorer.flag_prefix) == SECRET
 
 
@@ -208,6 +208,7 @@ async def test_a_registered_kind_is_opened_by_its_factory(opened) -> None:
         assert [engines[r].backend for r in ("scorer", "optimizer")] == opened.backends
         assert engines["scorer"].config == scorer.engine_config()
         assert engines["scorer"].ledger is engines["optimizer"].ledger  # one ledger per run
+        assert engines["scorer"].budget is engines["optimizer"].budget  # and one budget
         assert opened.server_starts == 1  # shared by the roles
         answer = await engines["scorer"].generate(Request(messages=(("user", "hi"),)))
         assert answer.text == "ok"

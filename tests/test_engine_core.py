@@ -11,8 +11,10 @@ from aiohttp import web
 
 from backends.openai_client import OpenAICompatibleBackend
 from backends.protocol import Capabilities, Request, SamplingParams
+from engine.budget import Budget
 from engine.cache import ResponseCache
 from engine.engine import BudgetExhausted, Engine, EngineConfig, Priority, RequestFailed
+from engine.ledger import Ledger
 from tests.scripted_server import ScriptedServer
 from tests.waiting import DEADLINE_S, wait_until_async
 
@@ -25,13 +27,14 @@ async def server():
     await scripted.stop()
 
 
-def make_engine(server, cache=None, **config):
+def make_engine(server, cache=None, budget_tokens=None, **config):
     backend = OpenAICompatibleBackend(
         server.url, "scripted-model", capabilities=Capabilities(max_concurrency=None)
     )
     defaults = {"backoff_base_s": 0.01, "backoff_max_s": 0.05}
     defaults.update(config)
-    return Engine(backend, EngineConfig(**defaults), cache=cache)
+    budget = Budget(Ledger(), tokens=budget_tokens) if budget_tokens is not None else None
+    return Engine(backend, EngineConfig(**defaults), cache=cache, budget=budget)
 
 
 def prompt(i: int) -> Request:

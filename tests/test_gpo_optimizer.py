@@ -12,6 +12,7 @@ import pytest
 
 from backends.errors import ClientRequestError
 from benchmarks import PromptLayout, load_task
+from engine.budget import Budget
 from engine.cache import ResponseCache
 from engine.engine import Engine, EngineConfig
 from engine.evaluator import Evaluator, EvaluatorSettings
@@ -55,10 +56,15 @@ async def open_fake_engines(
         }
     )
     ledger = Ledger(prices)
+    budget = Budget(
+        ledger,
+        usd=engine_config.pop("budget_usd", None),
+        tokens=engine_config.pop("budget_tokens", None),
+    )
     cache = ResponseCache(run_dir / "cache.sqlite")
     config = EngineConfig(**engine_config)
-    scorer = Engine(scorer_backend, config, cache=cache, ledger=ledger)
-    optimizer = Engine(optimizer_backend, config, cache=cache, ledger=ledger)
+    scorer = Engine(scorer_backend, config, cache=cache, ledger=ledger, budget=budget)
+    optimizer = Engine(optimizer_backend, config, cache=cache, ledger=ledger, budget=budget)
     try:
         async with scorer, optimizer:
             yield scorer, optimizer
