@@ -29,9 +29,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+import backends.simulated.faults as fault_delivery
 from backends.errors import BackendError, ClientRequestError, ConnectionFailed
 from backends.protocol import PURPOSE_HEADER, Purpose
-from backends.simulated import faults as fault_delivery
 from backends.simulated.answer_key import AnswerKey
 from backends.simulated.answers import AnswerSynthesizer, GeneratedText
 from backends.simulated.batching import FINISHED, ContinuousBatcher, SequenceWork
