@@ -5,7 +5,7 @@
 - every function or method has under 80 lines, counted from its `def` line to its last line
   (decorators excluded, docstring and nested functions included);
 - every file opens with a module docstring saying what it is for;
-- imports follow the layers of DESIGN.md: backends imports no other project package;
+- imports follow the layers of docs/ARCHITECTURE.md: backends imports no other project package;
   benchmarks only `backends.errors` and `backends.protocol`; engine only backends and
   benchmarks; gpo only engine, backends and benchmarks; perf anything but bench.py; nothing
   imports bench.py. Every import counts: module level, inside functions, under TYPE_CHECKING;
