@@ -233,7 +233,7 @@ async def test_a_dollar_cap_with_an_unpriced_model_is_refused(opened) -> None:
         (EndpointSpec(role="scorer", kind="fake", gpu_hour_usd=1.0),), budget_usd=2.0
     )
     async with open_engines(priced) as engines:
-        assert engines["scorer"].config.budget_usd == 2.0
+        assert engines["scorer"].budget.usd == 2.0
 
 
 async def test_the_vllm_kind_starts_and_stops_a_managed_server(monkeypatch, tmp_path) -> None:
