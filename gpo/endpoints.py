@@ -1,9 +1,11 @@
 """From command-line flags to running engines: one per role (scorer, optimizer).
 
 Each role gets an endpoint: `--ROLE-url` (one or several: several are spread by least outstanding
-work), a managed `vllm serve` (`--ROLE-vllm MODEL`), or, when no role names any endpoint, the
-embedded SmolLM2 model served by llama.cpp on a free loopback port, shared by both roles and
-stopped at the end. All engines of a run share one response cache and one ledger.
+work), a managed vLLM (`--ROLE-vllm MODEL`, shared by the roles naming the same MODEL), or, when
+no role names any endpoint, the embedded SmolLM2 model served by llama.cpp on a free loopback
+port, shared by both roles and stopped at the end. All engines of a run share one response cache
+and one ledger. Which server each role used is printed and kept in the run directory
+(`gpo.server_record`).
 
 API keys are read from an environment variable (`--ROLE-api-key-env`, default OPENAI_API_KEY) or
 a file (`--ROLE-api-key-file`), never from the command line, so they stay out of shell history,
@@ -107,8 +109,9 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser, role: str) -> None:
     group.add_argument(
         f"--{role}-vllm",
         metavar="MODEL",
-        help="start `vllm serve MODEL` for "
-        "this role on a free loopback port and stop it at the end",
+        help="start a vLLM server for MODEL (`embedded`: SmolLM2, after `gpo setup-local "
+        "--vllm`) on a free loopback port and stop it at the end: `vllm serve` on a GPU, the "
+        "CPU build without one; roles naming the same MODEL share one server",
     )
     group.add_argument(
         f"--{role}-api-key-env",
@@ -403,6 +406,27 @@ async def _http_backend(
     return make(models[0])
 
 
+def _record(run_dir: Path | None, role: str, server: Any, backend: Backend) -> None:
+    """Print and keep which server `role` uses (a managed one's own description, or the URL)."""
+    from gpo.server_record import record_server, server_description
+
+    url = getattr(backend, "base_url", None)
+    if url is None:  # a pool: every endpoint's identity names its URL
+        url = ", ".join(status.identity for status in getattr(backend, "status", tuple)())
+    kind = backend.identity.split("|", 1)[0] if server is not None else "url"
+    process = getattr(server, "process", None)
+    record_server(
+        run_dir,
+        role,
+        kind=kind,
+        description=server_description(server, url, backend.model),
+        url=url,
+        model=backend.model,
+        log_path=getattr(process, "log_path", None),
+        version=getattr(server, "version", None),
+    )
+
+
 @contextlib.asynccontextmanager
 async def open_engines(
     args: argparse.Namespace,
@@ -422,9 +446,11 @@ async def open_engines(
             cache = ResponseCache(cache_path)
     async with contextlib.AsyncExitStack() as stack:
         embedded = None
+        vllm_servers: dict[str, Any] = {}
         engines: dict[str, Engine] = {}
         for role in roles:
             backend: Backend
+            server: Any = None
             if role_uses_embedded(args, role):
                 if embedded is None:
                     from backends.llamacpp import EmbeddedModelServer
@@ -433,6 +459,7 @@ async def open_engines(
                     embedded = await stack.enter_async_context(
                         EmbeddedModelServer(log_path=log_path)
                     )
+                server = embedded
                 backend = await _http_backend(
                     args,
                     role,
@@ -444,10 +471,14 @@ async def open_engines(
             elif getattr(args, f"{role}_vllm", None):
                 from backends.vllm_serve import ManagedVllmServer
 
-                log_path = run_dir / f"vllm-{role}.log" if run_dir is not None else None
-                server = await stack.enter_async_context(
-                    ManagedVllmServer(getattr(args, f"{role}_vllm"), log_path=log_path)
-                )
+                model = getattr(args, f"{role}_vllm")
+                server = vllm_servers.get(model)
+                if server is None:
+                    log_path = run_dir / f"vllm-{role}.log" if run_dir is not None else None
+                    server = await stack.enter_async_context(
+                        ManagedVllmServer(model, log_path=log_path)
+                    )
+                    vllm_servers[model] = server
                 backend = await _http_backend(
                     args,
                     role,
@@ -470,6 +501,7 @@ async def open_engines(
                     from engine.endpoint_pool import EndpointPool
 
                     backend = EndpointPool(backends)
+            _record(run_dir, role, server, backend)
             gpu_price = getattr(args, f"{role}_gpu_hour_usd", None)
             if gpu_price is not None:
                 prices.set(backend.model, ModelPrice(gpu_hour_usd=gpu_price))
