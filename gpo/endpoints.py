@@ -5,7 +5,7 @@ work), a managed vLLM (`--ROLE-vllm MODEL`, shared by the roles naming the same 
 no role names any endpoint, the embedded SmolLM2 model served by llama.cpp on a free loopback
 port, shared by both roles and stopped at the end. All engines of a run share one response cache
 and one ledger. Which server each role used is printed and kept in the run directory
-(`gpo.server_record`).
+(`gpo.run_servers`).
 
 API keys are read from an environment variable (`--ROLE-api-key-env`, default OPENAI_API_KEY) or
 a file (`--ROLE-api-key-file`), never from the command line, so they stay out of shell history,
@@ -40,6 +40,7 @@ from backends.errors import (
     ClientRequestError,
     ConfigError,
     ConnectionFailed,
+    GpoError,
     MalformedResponse,
     Redirected,
     RequestTimeout,
@@ -408,7 +409,7 @@ async def _http_backend(
 
 def _record(run_dir: Path | None, role: str, server: Any, backend: Backend) -> None:
     """Print and keep which server `role` uses (a managed one's own description, or the URL)."""
-    from gpo.server_record import record_server, server_description
+    from gpo.run_servers import record_server, server_description
 
     url = getattr(backend, "base_url", None)
     if url is None:  # a pool: every endpoint's identity names its URL
@@ -516,6 +517,13 @@ async def open_engines(
         refuse_unpriced_dollar_cap(args, engines, prices)
         try:
             yield engines
+        except GpoError as error:  # a managed server that died says so, with its log
+            from gpo.run_servers import server_died_error
+
+            died = server_died_error([embedded, *vllm_servers.values()], error, run_dir)
+            if died is not None:
+                raise died from error
+            raise
         finally:
             ledger.stop_clock()
     if cache is not None:

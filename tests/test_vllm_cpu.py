@@ -39,7 +39,7 @@ from backends.protocol import Capabilities, Request, SamplingParams
 from backends.vllm_cpu import EMBEDDED_VLLM_SERVED_NAME, cpu_build_installed, embedded_model_ready
 from engine.engine import Engine, EngineConfig, RequestFailed
 from engine.ledger import Ledger
-from gpo.server_record import read_servers
+from gpo.run_servers import read_servers
 from tests.gpo_process import REPO, gpo_environment, run_gpo
 
 pytestmark = [
