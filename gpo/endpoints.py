@@ -40,7 +40,6 @@ from backends.errors import (
     ClientRequestError,
     ConfigError,
     ConnectionFailed,
-    GpoError,
     MalformedResponse,
     Redirected,
     RequestTimeout,
@@ -407,6 +406,26 @@ async def _http_backend(
     return make(models[0])
 
 
+async def _managed_vllm(
+    stack: contextlib.AsyncExitStack,
+    started: dict[str, Any],
+    args: argparse.Namespace,
+    role: str,
+    run_dir: Path | None,
+) -> Any:
+    """The managed vLLM for `role`'s `--ROLE-vllm MODEL`: the one started for another role
+    naming the same MODEL, or a new one (logging to the run directory)."""
+    from backends.vllm_serve import ManagedVllmServer
+
+    model = getattr(args, f"{role}_vllm")
+    if model not in started:
+        log_path = run_dir / f"vllm-{role}.log" if run_dir is not None else None
+        started[model] = await stack.enter_async_context(
+            ManagedVllmServer(model, log_path=log_path)
+        )
+    return started[model]
+
+
 def _record(run_dir: Path | None, role: str, server: Any, backend: Backend) -> None:
     """Print and keep which server `role` uses (a managed one's own description, or the URL)."""
     from gpo.run_servers import record_server, server_description
@@ -470,16 +489,7 @@ async def open_engines(
                     identity="embedded-llama.cpp",
                 )
             elif getattr(args, f"{role}_vllm", None):
-                from backends.vllm_serve import ManagedVllmServer
-
-                model = getattr(args, f"{role}_vllm")
-                server = vllm_servers.get(model)
-                if server is None:
-                    log_path = run_dir / f"vllm-{role}.log" if run_dir is not None else None
-                    server = await stack.enter_async_context(
-                        ManagedVllmServer(model, log_path=log_path)
-                    )
-                    vllm_servers[model] = server
+                server = await _managed_vllm(stack, vllm_servers, args, role, run_dir)
                 backend = await _http_backend(
                     args,
                     role,
@@ -515,15 +525,11 @@ async def open_engines(
             await stack.enter_async_context(engine)
             engines[role] = engine
         refuse_unpriced_dollar_cap(args, engines, prices)
-        try:
-            yield engines
-        except GpoError as error:  # a managed server that died says so, with its log
-            from gpo.run_servers import server_died_error
+        from gpo.run_servers import explain_server_death
 
-            died = server_died_error([embedded, *vllm_servers.values()], error, run_dir)
-            if died is not None:
-                raise died from error
-            raise
+        try:
+            with explain_server_death([embedded, *vllm_servers.values()], run_dir):
+                yield engines
         finally:
             ledger.stop_clock()
     if cache is not None:

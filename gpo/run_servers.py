@@ -12,9 +12,10 @@ server, how it ended, its log, and how to continue.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,18 @@ def server_died_error(
             f"Finished work is saved{resume_hint(run_dir)}"
         )
     return None
+
+
+@contextlib.contextmanager
+def explain_server_death(servers: Sequence[Any], run_dir: Path | None) -> Iterator[None]:
+    """Turn a `GpoError` raised while one of `servers` has died into `server_died_error`'s."""
+    try:
+        yield
+    except GpoError as error:
+        died = server_died_error(servers, error, run_dir)
+        if died is not None:
+            raise died from error
+        raise
 
 
 def resume_hint(run_dir: Path | None) -> str:

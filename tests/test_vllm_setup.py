@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from backends.errors import ConfigError, ContextLengthExceeded, GpoError, UnknownModel
+from backends.managed_process import ServerStartFailed
 from backends.openai_client import OpenAICompatibleBackend
 from backends.vllm_cpu import (
     CONVERSION_MARKER,
@@ -166,6 +167,17 @@ async def test_managed_cpu_server_starts_describes_itself_and_a_death_is_explain
     assert "CPU build" in message and "killed by signal 9" in message and str(log) in message
     assert "cannot connect" in message
     assert f"continue with: gpo optimize --resume {tmp_path / 'run'}" in message
+
+
+def test_a_start_that_times_out_says_how_to_wait_longer(home: Path) -> None:
+    make_cpu_build(home)
+    make_converted_model(home)
+    config = VllmServeConfig("embedded", ("--never-listen",), startup_timeout_s=1.5)
+    with pytest.raises(ServerStartFailed) as failed:
+        ManagedVllmServer(config, gpus=()).start_sync()
+    message = str(failed.value)
+    assert "did not answer /health or /v1/models" in message and "within" in message
+    assert "GPO_VLLM_STARTUP_TIMEOUT_S" in message and "--startup-timeout" in message
 
 
 # ---- the setup step ----------------------------------------------------------------------------
