@@ -25,6 +25,7 @@ default it keeps logits for the whole context (n_ctx x 49152 floats); only `logp
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import importlib.util
 import logging
 import sys
@@ -229,6 +230,15 @@ class EmbeddedModelServer(ManagedServerFront):
     @property
     def model_path(self) -> Path | None:
         return self._model_path
+
+    @property
+    def description(self) -> str:
+        """Which server this is, in one line: llama-cpp-python's version, model, URL."""
+        try:
+            version = " " + importlib.metadata.version("llama-cpp-python")
+        except importlib.metadata.PackageNotFoundError:
+            version = ""
+        return f"embedded llama.cpp{version} serving {self.model_name} at {self.url}"
 
     async def start(self) -> None:
         self._check_installed()

@@ -318,7 +318,10 @@ class OpenAICompatibleBackend:
                 f"HTTP {status}: the server refused the credentials", endpoint=where, status=status
             )
         lowered = message.lower()
-        if "context length" in lowered or "context window" in lowered or "too long" in lowered:
+        # vLLM says "maximum context length" for a long prompt, "cannot be greater than
+        # max_model_len" for a max_tokens beyond the context.
+        context_words = ("context length", "context window", "too long", "max_model_len")
+        if any(words in lowered for words in context_words):
             return ContextLengthExceeded(f"HTTP {status}: {message}", endpoint=where, status=status)
         if status == 404 and "model" in lowered:
             return UnknownModel(

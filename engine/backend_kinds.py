@@ -3,7 +3,8 @@
 - "url": one or several OpenAI-compatible base URLs (several are one `EndpointPool`).
 - "embedded": the SmolLM2 model served by llama.cpp on a free loopback port; one server for every
   role of a run that uses it, stopped at the end.
-- "vllm": `vllm serve MODEL` (`EndpointSpec.serve`) on a free loopback port, one per role.
+- "vllm": a managed vLLM for MODEL (`EndpointSpec.serve`) on a free loopback port, one for every
+  role naming the same MODEL, stopped at the end.
 
 Each opens its backends through `open_http_backend`: the key read from the endpoint's key source,
 the connection pool sized from its concurrency and, unless the endpoint says not to, the start-up
@@ -108,6 +109,7 @@ async def open_embedded(spec: EndpointSpec, context: OpenContext) -> AsyncIterat
     server = await context.shared(
         "embedded", lambda: EmbeddedModelServer(log_path=context.log_path("embedded-server.log"))
     )
+    context.servers[spec.role] = server
     backend = await open_http_backend(
         spec,
         server.url,
@@ -122,15 +124,19 @@ async def open_embedded(spec: EndpointSpec, context: OpenContext) -> AsyncIterat
 @register_backend("vllm")
 @contextlib.asynccontextmanager
 async def open_vllm(spec: EndpointSpec, context: OpenContext) -> AsyncIterator[Backend]:
-    """`vllm serve spec.serve` for this role, stopped when the role's backend closes."""
+    """A managed vLLM serving `spec.serve` (`vllm serve` on a GPU, the CPU build without one),
+    shared by every role that names the same model and stopped with the set of engines."""
     from backends.vllm_serve import ManagedVllmServer
 
     if not spec.serve:
         raise ConfigError(f"{spec.flag('vllm')}: no model to serve")
     log_path = context.log_path(f"vllm-{spec.role}.log")
-    async with ManagedVllmServer(spec.serve, log_path=log_path) as server:
-        backend = await open_http_backend(
-            spec, server.url, server.capabilities, model=server.model_name, identity="managed-vllm"
-        )
-        async with _closing(backend):
-            yield backend
+    server = await context.shared(
+        f"vllm:{spec.serve}", lambda: ManagedVllmServer(spec.serve, log_path=log_path)
+    )
+    context.servers[spec.role] = server
+    backend = await open_http_backend(
+        spec, server.url, server.capabilities, model=server.model_name, identity="managed-vllm"
+    )
+    async with _closing(backend):
+        yield backend

@@ -42,6 +42,8 @@ class OpenContext:
 
     stack: contextlib.AsyncExitStack
     log_dir: Path | None = None
+    servers: dict[str, Any] = field(default_factory=dict)
+    """The server each role's factory started or reused, by role (none for plain URLs)."""
     _shared: dict[str, Any] = field(default_factory=dict)
 
     def log_path(self, name: str) -> Path | None:

@@ -1,9 +1,10 @@
 """`gpo serve`: start a local model server, print its URL, keep it up until Ctrl-C.
 
-Without options it serves the embedded SmolLM2 model with llama.cpp; `--vllm MODEL` runs `vllm
-serve MODEL` instead, with further vLLM arguments after `--`. The server binds 127.0.0.1 only.
-Several runs of `gpo optimize` / `gpo eval` can then share it with `--scorer-url URL`, instead
-of each starting its own.
+Without options it serves the embedded SmolLM2 model with llama.cpp; `--vllm MODEL` runs vLLM
+instead (`vllm serve MODEL` on a GPU, the CPU build from `gpo setup-local --vllm` without one;
+`--vllm embedded` is SmolLM2 converted for vLLM), with further vLLM arguments after `--`. The
+server binds 127.0.0.1 only. Several runs of `gpo optimize` / `gpo eval` can then share it with
+`--scorer-url URL`, instead of each starting its own.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "after `--`, e.g. `gpo serve --vllm Qwen/Qwen2.5-7B-Instruct -- --max-num-seqs 128`.",
     )
     parser.add_argument(
-        "--vllm", metavar="MODEL", help="serve MODEL with `vllm serve` instead of SmolLM2"
+        "--vllm",
+        metavar="MODEL",
+        help="serve MODEL with vLLM instead (`embedded`: SmolLM2 converted by `gpo setup-local "
+        "--vllm`; the CPU build when no GPU is visible)",
     )
     parser.add_argument(
         "--port",
@@ -65,7 +69,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--startup-timeout",
         type=BoundedNumber(float, 0, 86_400, inclusive=False),
         metavar="SECONDS",
-        help="how long to wait for the server to answer (default 120, vLLM 900)",
+        help="how long to wait for the server to answer (default 120; vLLM "
+        "GPO_VLLM_STARTUP_TIMEOUT_S or 900)",
     )
     parser.add_argument(
         "vllm_args", nargs=argparse.REMAINDER, help="arguments for `vllm serve`, after `--`"
@@ -91,7 +96,7 @@ def build_server(args: argparse.Namespace) -> EmbeddedModelServer | ManagedVllmS
             model=args.vllm,
             extra_args=extra,
             gpus=args.gpus,
-            startup_timeout_s=timeout if timeout is not None else 900.0,
+            startup_timeout_s=timeout,
         )
         return ManagedVllmServer(config, log_path=args.log)
     if extra:
@@ -109,6 +114,7 @@ def build_server(args: argparse.Namespace) -> EmbeddedModelServer | ManagedVllmS
 def _announce(server: EmbeddedModelServer | ManagedVllmServer) -> None:
     process = server.process
     print(f"{process.name} is ready (pid {process.pid})", flush=True)
+    print(f"  server:          {server.description}", flush=True)
     print(f"  OpenAI base URL: {server.url}", flush=True)
     print(f"  model:           {server.model_name}", flush=True)
     print(f"  concurrency:     {server.capabilities.max_concurrency}", flush=True)

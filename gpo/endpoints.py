@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
+from backends.protocol import Backend
 from backends.startup_probe import (
     PROBE_TIMEOUT_ENV as PROBE_TIMEOUT_ENV,
 )
@@ -34,6 +37,26 @@ from engine.ledger import Ledger
 from engine.prices import ModelPrice, PriceTable
 from gpo.budget_guard import refuse_unpriced_dollar_cap
 from gpo.endpoint_flags import BoundedNumber as BoundedNumber  # re-exported
+from gpo.run_servers import explain_server_death, record_server, server_description
+
+
+def _record(run_dir: Path, role: str, server: Any, backend: Backend) -> None:
+    """Print and keep which server `role` uses (a managed one's own description, or the URL)."""
+    url = getattr(backend, "base_url", None)
+    if url is None:  # a pool: every endpoint's identity names its URL
+        url = ", ".join(status.identity for status in getattr(backend, "status", tuple)())
+    kind = backend.identity.split("|", 1)[0] if server is not None else "url"
+    process = getattr(server, "process", None)
+    record_server(
+        run_dir,
+        role,
+        kind=kind,
+        description=server_description(server, url, backend.model),
+        url=url,
+        model=backend.model,
+        log_path=getattr(process, "log_path", None),
+        version=getattr(server, "version", None),
+    )
 
 
 @contextlib.asynccontextmanager
@@ -53,6 +76,9 @@ async def open_engines(spec: EngineSetSpec) -> AsyncIterator[dict[str, Engine]]:
             engines: dict[str, Engine] = {}
             for endpoint in spec.endpoints:
                 backend = await stack.enter_async_context(open_backend(endpoint, context))
+                if spec.log_dir is not None:  # a CLI run: say which server each role uses
+                    server = context.servers.get(endpoint.role)
+                    _record(spec.log_dir, endpoint.role, server, backend)
                 if endpoint.gpu_hour_usd is not None:
                     prices.set(backend.model, ModelPrice(gpu_hour_usd=endpoint.gpu_hour_usd))
                 if not spec.shared_ledger and engines:
@@ -70,8 +96,10 @@ async def open_engines(spec: EngineSetSpec) -> AsyncIterator[dict[str, Engine]]:
                 await stack.enter_async_context(engine)
                 engines[endpoint.role] = engine
             refuse_unpriced_dollar_cap(spec.budget_usd, engines, prices)
+            started = list({id(server): server for server in context.servers.values()}.values())
             try:
-                yield engines
+                with explain_server_death(started, spec.log_dir):
+                    yield engines
             finally:
                 for each in ledgers:
                     each.stop_clock()

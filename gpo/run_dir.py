@@ -10,6 +10,8 @@ Layout:
     run.lock               held (flock) by the process working here; names it (gpo/run_lock.py)
     cache.sqlite           the engines' response cache: what makes a resumed run free to replay
     embeddings.jsonl       embedding cache (relevance retrieval)
+    servers.jsonl          which server each role used, one line per role and session
+    *-server.log, vllm-*.log  the logs of the servers the run started (embedded, managed vLLM)
     summary.json           per-task results and group averages, at the end
     tasks/<task>/          one folder per task ("bbh/navigate" -> "bbh__navigate"):
         trajectory.jsonl   one line per trajectory entry (prompt, dev score, word budget)

@@ -376,6 +376,7 @@ def test_max_num_seqs_from_args_and_vllm_defaults() -> None:
 
 def test_missing_vllm_is_a_config_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("GPO_VLLM_HOME", str(tmp_path / "no-vllm-here"))  # no CPU build either
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
     with pytest.raises(ConfigError, match="vLLM is not installed"):
         find_vllm_executable()
