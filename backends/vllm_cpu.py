@@ -23,8 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from backends.argv_options import option_value, remove_options
 from backends.errors import ConfigError
-from backends.managed_process import LOOPBACK_HOST, option_value, remove_options
+from backends.managed_process import LOOPBACK_HOST
 
 VLLM_HOME_ENV = "GPO_VLLM_HOME"
 EMBEDDED_VLLM_MODEL = "embedded"

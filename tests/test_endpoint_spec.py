@@ -244,6 +244,11 @@ async def test_the_vllm_kind_starts_and_stops_a_managed_server(monkeypatch, tmp_
     executable.write_text(f"#!{sys.executable}\n" + FAKE_SERVER)
     executable.chmod(0o755)
     monkeypatch.setenv("PATH", f"{executable.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    # A GPU as nvidia-smi would report it, so the `vllm serve` path is taken, not the CPU build.
+    nvidia_smi = executable.parent / "nvidia-smi"
+    nvidia_smi.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 81559'\n")
+    nvidia_smi.chmod(0o755)
+    monkeypatch.setenv("GPO_VLLM_HOME", str(tmp_path / "no-vllm-here"))  # no CPU build either
     scorer = EndpointSpec(role="scorer", kind="vllm", serve="org/model")
     async with open_engines(EngineSetSpec((scorer,), log_dir=tmp_path)) as engines:
         backend = engines["scorer"].backend
