@@ -162,6 +162,10 @@ class OpenAICompatibleBackend:
         # Credentials in the URL (user:password@) travel as HTTP basic auth, never in the URL.
         host = parts.netloc.rpartition("@")[2]
         self._base_url = urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+        root_path = parts.path.rstrip("/").removesuffix("/v1")
+        self._server_root = urlunsplit((parts.scheme, host, root_path, "", ""))
+        self.model_source: str | None = None
+        """The model file or directory a server started here loaded (its chat template)."""
         self._query = f"?{parts.query}" if parts.query else ""
         self._public_url = redact_url(self._base_url + self._query)
         self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
@@ -244,9 +248,12 @@ class OpenAICompatibleBackend:
         body: dict[str, Any] | None,
         headers: dict[str, str] | None = None,
         timeout_s: float | None = None,
+        *,
+        at_root: bool = False,
     ) -> Any:
-        """One call; `timeout_s` (connect and answer) replaces the session's timeout."""
-        url = f"{self._base_url}{path}{self._query}"
+        """One call; `timeout_s` (connect and answer) replaces the session's timeout; `at_root`:
+        `path` is beside `/v1` (the server's own routes), not under it."""
+        url = f"{self._server_root if at_root else self._base_url}{path}{self._query}"
         where = self._where(path)
         data = orjson.dumps(body) if body is not None else None
         options: dict[str, Any] = {"allow_redirects": False}
@@ -410,6 +417,17 @@ class OpenAICompatibleBackend:
             Completion(tuple(texts[i]), prompt_parts[i], completion_parts[i], tuple(reasons[i]))
             for i in range(prompt_count)
         ]
+
+    async def post_to_server(self, path: str, body: dict[str, Any], timeout_s: float) -> Any:
+        """POST to one of the server's own routes beside `/v1` (vLLM's `/tokenize`, llama.cpp's
+        `/apply-template`): the same session, credentials and errors as every other call."""
+        return await self._request("POST", path, body, timeout_s=timeout_s, at_root=True)
+
+    async def list_model_entries(self, timeout_s: float | None = None) -> list[dict[str, Any]]:
+        """The raw `/v1/models` entries (vLLM's carry `root`: the model directory it loaded)."""
+        payload = await self._request("GET", "/models", None, timeout_s=timeout_s)
+        data = payload.get("data") if isinstance(payload, dict) else None
+        return [entry for entry in data or () if isinstance(entry, dict)]
 
     async def list_models(self, timeout_s: float | None = None) -> list[str]:
         """The model ids the endpoint serves (`/v1/models`); `timeout_s` bounds this one call

@@ -41,17 +41,15 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Iterable, Sequence, Sized
+from collections.abc import Iterable, Sequence, Sized
 from typing import Any
 
-from backends.chat_template import get_chat_template
 from backends.errors import BackendError, ConfigError, GpoError, RateLimited
 from backends.protocol import (
     Backend,
     Completion,
     EmbeddingBackend,
     Embeddings,
-    Message,
     Request,
     SamplingParams,
 )
@@ -59,6 +57,7 @@ from backends.redaction import redact_completions
 from engine.budget import NO_RESERVATION, Budget, BudgetExhausted, Reservation
 from engine.cache import ResponseCache
 from engine.cache_claims import CacheClaims
+from engine.chat_render import ChatRenderer
 from engine.config import EngineConfig
 from engine.embedding_calls import EmbeddingCalls
 from engine.fan_out import call_backend
@@ -114,9 +113,10 @@ class Engine:
         self._use_lists = (
             self.config.prompt_lists and capabilities.prompt_lists and capabilities.completions
         )
-        self._render: Callable[[Sequence[Message]], str] | None = None
-        if self.config.chat_template and self._use_lists:
-            self._render = get_chat_template(self.config.chat_template)
+        # Chats are rendered on the client only once the server agreed with the rendering.
+        self._render: ChatRenderer | None = None
+        if self.config.chat_template and capabilities.completions:
+            self._render = ChatRenderer(self.config.chat_template, backend)
         self._identity = backend.identity
         self._model = backend.model
         self._queues = RequestQueues()
@@ -210,7 +210,7 @@ class Engine:
         future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
         prompt = request.prompt
         if request.messages is not None and self._render is not None:
-            prompt = self._render(request.messages)
+            prompt = await self._render.prompt_for(request.messages)
         item = QueuedRequest(request, key, prompt, future, int(priority), phase)
         if key is not None:
             self._in_flight_by_key[key] = future
@@ -310,7 +310,7 @@ class Engine:
             "endpoint": self._identity,
             "window": self.window.maximum,
             "prompt_lists": self._use_lists,
-            "chat_template": self.config.chat_template if self._render else None,
+            **(self._render.describe() if self._render else {"chat_template": None}),
             "max_batch_size": self.config.max_batch_size,
             "requests_per_minute": self.config.requests_per_minute,
             "tokens_per_minute": self.config.tokens_per_minute,

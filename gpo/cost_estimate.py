@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backends.chat_template import get_chat_template
+from backends.chat_template import SERVER_TEMPLATE, get_chat_template
 from backends.protocol import Message
 from benchmarks import PromptLayout, Sample, Task, answer_turn, build_prompt
 from engine.prices import PriceTable
@@ -118,7 +118,9 @@ class _Renderer:
 
     def __init__(self, tokenizer: Tokenizer, chat_template: str | None) -> None:
         self.tokenizer = tokenizer
-        self._render = get_chat_template(chat_template) if chat_template else None
+        # `server` is only known once the server runs: its chats are counted as chat calls.
+        known = chat_template and chat_template != SERVER_TEMPLATE
+        self._render = get_chat_template(chat_template) if known else None
 
     def tokens(self, messages: Sequence[Message]) -> int:
         if self._render is not None:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from backends.chat_template import CHAT_TEMPLATES
+from backends.chat_template import CHAT_TEMPLATES, SERVER_TEMPLATE
 from backends.redaction import is_env_var_name, looks_like_key
 from engine.endpoint_spec import DEFAULT_KEY_ENV, ApiKeySource, EndpointSpec, EngineSetSpec
 
@@ -55,6 +55,24 @@ class _KeyFileAction(argparse.Action):
                 f"{option}: {shown} does not exist; give the path of a file holding the key"
             )
         setattr(namespace, self.dest, path)
+
+
+_CHAT_TEMPLATE_HELP = (
+    "render chats client-side with the model's own Jinja template so they travel as prompt "
+    "lists: a model directory, a .gguf or .jinja file, or 'server' (the model the server "
+    "loaded); checked against the server before use (chat calls if it differs). chatml, "
+    "llama2, llama3: hand-written approximations, checked the same way"
+)
+
+
+def _chat_template(value: str) -> str:
+    """`--ROLE-chat-template`: `server`, a hand-written name, or a model dir / .gguf / .jinja."""
+    if value == SERVER_TEMPLATE or value in CHAT_TEMPLATES or Path(value).expanduser().exists():
+        return value
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is not a model directory, .gguf or .jinja file, '{SERVER_TEMPLATE}', nor a "
+        f"hand-written template ({', '.join(sorted(CHAT_TEMPLATES))})"
+    )
 
 
 def add_endpoint_arguments(parser: argparse.ArgumentParser, role: str) -> None:
@@ -112,10 +130,9 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser, role: str) -> None:
     )
     group.add_argument(
         f"--{role}-chat-template",
-        metavar="NAME",
-        choices=sorted(CHAT_TEMPLATES),
-        help="render chats client-side with this template (chatml, llama2, "
-        "llama3) so they travel as prompt lists; must match the server's",
+        metavar="SOURCE",
+        type=_chat_template,
+        help=_CHAT_TEMPLATE_HELP,
     )
     group.add_argument(
         f"--{role}-rpm",

@@ -95,8 +95,17 @@ class ScriptedServer:
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"data": [{"id": "scripted-model"}]})
 
+    async def _apply_template(self, request: web.Request) -> web.Response:
+        """llama.cpp's `/apply-template` in ChatML, so client-side ChatML passes its check."""
+        from backends.chat_template import render_chatml
+
+        body = orjson.loads(await request.read())
+        turns = [(m["role"], m["content"]) for m in body["messages"]]
+        return web.json_response({"prompt": render_chatml(turns)})
+
     async def start(self) -> str:
         app = web.Application()
+        app.router.add_post("/apply-template", self._apply_template)
         app.router.add_post("/v1/completions", self._handle)
         app.router.add_post("/v1/chat/completions", self._handle)
         app.router.add_post("/v1/embeddings", self._handle)

@@ -210,7 +210,8 @@ class RefusingServer:
     async def handle(self, request: web.Request) -> web.Response:
         if request.path.endswith("/models"):
             return web.json_response({"object": "list", "data": [{"id": "listed-model"}]})
-        self.generation_calls += 1
+        if request.path.endswith("completions"):  # not the chat-template check's /tokenize
+            self.generation_calls += 1
         return web.json_response(
             {"error": {"message": "The model `listed-model` does not exist", "code": 404}},
             status=404,

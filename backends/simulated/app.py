@@ -47,6 +47,8 @@ from backends.simulated.openai_schema import (
     parse_chat_request,
     parse_completion_request,
     parse_embedding_request,
+    render_chat_body,
+    tokenize_body,
 )
 from backends.simulated.prefix_cache import PrefixCache
 from backends.simulated.rate_limits import RateDecision, RateLimiter
@@ -156,6 +158,8 @@ class SimulatedApp:
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/tokenize", self.tokenize)
+        app.router.add_post("/apply-template", self.apply_template)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/sim/down", self.control_down)
@@ -228,6 +232,26 @@ class SimulatedApp:
         if (denied := self._check_api_key(request)) is not None:
             return denied
         return json_response(models_body(self.config, int(time.time())))
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's `/tokenize`, for chats (its ChatML rendering) or prompts."""
+        if (denied := self._check_api_key(request)) is not None:
+            return denied
+        try:
+            return json_response(tokenize_body(await self._read_json(request), self.config))
+        except BackendError as exc:
+            return error_response(str(exc), exc.status or 400)
+
+    async def apply_template(self, request: web.Request) -> web.Response:
+        """llama.cpp's `/apply-template`: the prompt text a chat is rendered to."""
+        if (denied := self._check_api_key(request)) is not None:
+            return denied
+        try:
+            data = await self._read_json(request)
+            prompt = render_chat_body(data if isinstance(data, dict) else {})
+        except BackendError as exc:
+            return error_response(str(exc), exc.status or 400)
+        return json_response({"prompt": prompt})
 
     async def control_down(self, request: web.Request) -> web.Response:
         seconds: float | None = None

@@ -16,7 +16,7 @@ from backends.chat_template import render_chatml
 from backends.errors import ClientRequestError, ContextLengthExceeded, UnknownModel
 from backends.simulated.answers import GeneratedText
 from backends.simulated.config import SimulatedServerConfig
-from backends.simulated.tokens import count_tokens
+from backends.simulated.tokens import count_tokens, token_ids
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 _ROLES = ("system", "user", "assistant", "tool", "developer")
@@ -151,6 +151,20 @@ def render_chat_body(data: dict[str, Any]) -> str:
             raise _bad(f"messages[{position}] must be an object with a role in {_ROLES}")
         turns.append((message["role"], _content_text(message.get("content"), position)))
     return render_chatml(turns)
+
+
+def tokenize_body(body: object, config: SimulatedServerConfig) -> dict[str, Any]:
+    """vLLM's `/tokenize`: the ids of `prompt`, or of `messages` rendered as a chat is."""
+    data = _require_object(body)
+    check_model(data, config)
+    if "messages" in data:
+        text = render_chat_body(data)
+    elif isinstance(data.get("prompt"), str):
+        text = data["prompt"]
+    else:
+        raise _bad("give either 'prompt' (a string) or 'messages'")
+    tokens = token_ids(text)
+    return {"count": len(tokens), "max_model_len": config.max_model_len, "tokens": tokens}
 
 
 def parse_chat_request(body: object, config: SimulatedServerConfig) -> GenerationRequest:

@@ -17,6 +17,14 @@ def count_tokens(text: str) -> int:
     return (size + BYTES_PER_TOKEN - 1) // BYTES_PER_TOKEN
 
 
+def token_ids(text: str) -> list[int]:
+    """The ids of `text`'s tokens: each 4-byte slice read as an integer, so equal ids mean equal
+    text (what `/tokenize` answers; there is no BOS)."""
+    data = text.encode("utf-8")
+    step = BYTES_PER_TOKEN
+    return [int.from_bytes(data[i : i + step], "little") for i in range(0, len(data), step)]
+
+
 def truncate_to_tokens(text: str, max_tokens: int) -> str:
     """The longest prefix of `text` that is at most `max_tokens` tokens (whole characters kept)."""
     limit = max_tokens * BYTES_PER_TOKEN
