@@ -117,6 +117,8 @@ async def open_embedded(spec: EndpointSpec, context: OpenContext) -> AsyncIterat
         model=server.model_name,
         identity="embedded-llama.cpp",
     )
+    if server.model_path is not None:  # where `--ROLE-chat-template server` finds the template
+        backend.model_source = str(server.model_path)
     async with _closing(backend):
         yield backend
 
