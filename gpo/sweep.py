@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpo.budget_guard import session_budgets
 from gpo.interfaces import ProgressListener, SilentProgress
 from gpo.ledger_view import engines_snapshot
 from gpo.reproduce_table import CellOutcome
@@ -192,6 +193,7 @@ class SweepRun:
             files.archive_ledger(session)
             state.update(sessions=session + 1, cells=dict(previous.get("cells", {})))
         carry_over_spend(engines, files.earlier_ledgers())
+        state["budgets"] = session_budgets(engines)  # a resume under the same caps sends nothing
         state["started"] = now_iso()
         files.write_state(state)
         return state
