@@ -255,11 +255,7 @@ async def run_optimization(
             writer.cancel()
         if embedder is not None:
             await embedder.close()
-    session_ledger = engines_snapshot(engines if not shared_ledger else ())
-    summary = summarise(spec, results, session_ledger, earlier)
-    if shared_ledger:  # the engines' spend is the whole sweep's, kept by the caller
-        summary.update(cost_usd=None, total_tokens=None, improvement_per_usd=None)
-        summary.update(improvement_per_mtok=None, spend="shared")
+    summary = _summary(spec, results, engines, earlier, shared_ledger)
     summary["wall_time_s"] = round(time.monotonic() - started, 3)
     state["status"] = summary["status"]
     state["finished"] = now_iso()
@@ -267,6 +263,22 @@ async def run_optimization(
     recording.save()
     if run_dir is not None:
         run_dir.write_summary(summary)
+    return summary
+
+
+def _summary(
+    spec: RunSpec,
+    results: Sequence[TaskResult],
+    engines: Sequence[Any],
+    earlier: Sequence[dict[str, Any]],
+    shared_ledger: bool,
+) -> dict[str, Any]:
+    """The summary; with a shared ledger the engines' spend is the caller's, not this run's."""
+    if not shared_ledger:
+        return summarise(spec, results, engines_snapshot(engines), earlier)
+    summary = summarise(spec, results, engines_snapshot(()), earlier)
+    summary.update(cost_usd=None, total_tokens=None, improvement_per_usd=None)
+    summary.update(improvement_per_mtok=None, spend="shared")
     return summary
 
 
