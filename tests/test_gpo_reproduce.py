@@ -252,3 +252,25 @@ def test_means_and_spreads_over_seeds_with_partial_and_lite_groups() -> None:
     assert one_seed["rows"][0]["std"] is None and one_seed["rows"][0]["within"] is None
     text = markdown(table)
     assert "| gpo | 31.25 ± 0.00 (n=3) |" not in text and "43.75" in text and "32.94" in text
+
+
+def test_sigterm_stops_the_sweep_cleanly_with_143(server, tmp_path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    process = start_gpo(*sweep_args(f"{server.url}/v1", sweep_dir))
+
+    def started() -> bool:
+        return process.poll() is not None or (sweep_dir / "cells").is_dir()
+
+    try:
+        assert wait_until(started, interval_s=0.005), "the sweep never started a cell"
+        assert process.poll() is None, "the sweep finished before it could be stopped"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=DEADLINE_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=DEADLINE_S)
+    assert process.returncode == 143, stderr
+    assert f"gpo reproduce --resume {sweep_dir}" in stderr
+    state = orjson.loads((sweep_dir / "state.json").read_bytes())
+    assert state["status"] == "interrupted"
