@@ -11,8 +11,8 @@ abbreviated flags, so `--scorer-api-key-f sk-...` cannot reach `--scorer-api-key
 
 Exit status (README "Exit codes"): 0 done; 1 an unexpected error, or a server `gpo serve` started
 exited; 2 bad usage or input, or an endpoint that cannot be used (one error line); 3 stopped by a
-budget (`--resume` continues an optimization); 4 `gpo eval` finished but samples failed; 130
-interrupted.
+budget (`--resume` continues an optimization or a `gpo reproduce` sweep); 4 `gpo eval` finished
+but samples failed; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from collections.abc import Sequence
 
 from backends.errors import GpoError
 from backends.redaction import has_key_prefix
-from gpo import cli_eval, cli_optimize, cli_report, cli_serve, cli_setup
+from gpo import cli_eval, cli_optimize, cli_report, cli_reproduce, cli_serve, cli_setup
 
-SUBCOMMANDS = (cli_optimize, cli_eval, cli_report, cli_serve, cli_setup)
+SUBCOMMANDS = (cli_optimize, cli_eval, cli_report, cli_reproduce, cli_serve, cli_setup)
 # A flag whose name speaks of a secret (word by word, so --budget-tokens is not one), including
 # the beginnings of such names (--scorer-api, --scorer-api-k): abbreviations are not accepted.
 _SECRET_FLAG = re.compile(

@@ -80,19 +80,25 @@ def add_parser(subparsers: Any) -> None:
         "endpoint, the embedded local model serves both roles.",
     )
     _add_task_arguments(parser.add_argument_group("what to optimize"))
+    add_run_shape_arguments(parser)
+    _add_run_arguments(parser.add_argument_group("run"))
+    add_endpoint_arguments(parser, "scorer")
+    add_endpoint_arguments(parser, "optimizer")
+    add_shared_arguments(parser)
+
+
+def add_run_shape_arguments(parser: argparse.ArgumentParser, *, seed: bool = True) -> None:
+    """The flags that shape what a run computes: sizes, method knobs, embedder, scoring (shared
+    by `gpo optimize` and `gpo reproduce`, which sets the seeds itself: `seed=False`)."""
     sizes = parser.add_argument_group("sizes")
     for flag, field, text in _SIZE_FLAGS:
         sizes.add_argument(flag, type=_limit(field), metavar="N", help=text)
     knobs = parser.add_argument_group("method knobs (override the method's preset)")
     _add_direction_knobs(knobs)
     _add_schedule_knobs(knobs)
-    _add_generation_knobs(knobs)
+    _add_generation_knobs(knobs, seed=seed)
     _add_embedder_arguments(parser.add_argument_group("embeddings (relevance retrieval)"))
     add_scoring_arguments(parser.add_argument_group("scoring"))
-    _add_run_arguments(parser.add_argument_group("run"))
-    add_endpoint_arguments(parser, "scorer")
-    add_endpoint_arguments(parser, "optimizer")
-    add_shared_arguments(parser)
 
 
 def _add_task_arguments(what: Any) -> None:
@@ -159,7 +165,7 @@ def _add_schedule_knobs(knobs: Any) -> None:
     )
 
 
-def _add_generation_knobs(knobs: Any) -> None:
+def _add_generation_knobs(knobs: Any, *, seed: bool = True) -> None:
     """The meta-prompt and the optimizer's sampling; test-split scoring."""
     knobs.add_argument(
         "--format-examples",
@@ -186,7 +192,8 @@ def _add_generation_knobs(knobs: Any) -> None:
         metavar="T",
         help="default 0.0",
     )
-    knobs.add_argument("--seed", type=_limit("seed"), metavar="N", help="default 0")
+    if seed:
+        knobs.add_argument("--seed", type=_limit("seed"), metavar="N", help="default 0")
     knobs.add_argument(
         "--test-every-step",
         action="store_true",

@@ -40,6 +40,7 @@ _OPERATIONAL_FLAGS = (
     "data_dir",
     "run_dir",
     "tasks_at_once",
+    "cells_at_once",
     "cache",
     "no_cache",
     "prices",

@@ -9,6 +9,10 @@ tokens, dollars, wall time and improvement per dollar.
 Resuming: tasks whose `result.json` says "finished" are read back and not run again; any other
 task is run from its start, its answered requests replayed from the response cache for free.
 What earlier sessions spent is carried over into the engines' ledgers: budgets hold for the run.
+
+With `shared_ledger` the engines also serve other runs at the same time (`gpo reproduce` runs
+its cells through one engine set): their ledger is the caller's to keep and carry over, so this
+run writes no `ledger.json`, carries nothing over, and its summary's spend fields are None.
 """
 
 from __future__ import annotations
@@ -125,7 +129,7 @@ def carry_over_spend(engines: Sequence[Any], earlier: Sequence[dict[str, Any]]) 
             )
 
 
-async def _write_ledger_every(
+async def write_ledger_every(
     run_dir: RunDirectory, engines: Sequence[Any], interval_s: float
 ) -> None:
     """Rewrite the run directory's ledger whenever it changed, every `interval_s` seconds."""
@@ -152,16 +156,19 @@ class _RecordingListener:
         run_dir: RunDirectory | None,
         engines: Sequence[Any],
         state: dict[str, Any],
+        write_ledger: bool = True,
     ) -> None:
         self.inner = inner
         self.run_dir = run_dir
         self.engines = engines
         self.state = state
+        self.write_ledger = write_ledger
 
     def save(self) -> None:
         if self.run_dir is None:
             return
-        self.run_dir.write_ledger(engines_snapshot(self.engines))
+        if self.write_ledger:
+            self.run_dir.write_ledger(engines_snapshot(self.engines))
         self.state["updated"] = now_iso()
         self.run_dir.write_state(self.state)
 
@@ -190,12 +197,13 @@ async def run_optimization(
     listener: ProgressListener | None = None,
     evaluator: ScoringEvaluator | None = None,
     resume: bool = False,
+    shared_ledger: bool = False,
 ) -> dict[str, Any]:
     """Run every task of `spec` and return the summary (also written to `summary.json`)."""
     listener = listener or SilentProgress()
     engines = [scorer, optimizer]
-    state, earlier = _open_session(run_dir, engines, resume)
-    recording = _RecordingListener(listener, run_dir, engines, state)
+    state, earlier = _open_session(run_dir, engines, resume, carry=not shared_ledger)
+    recording = _RecordingListener(listener, run_dir, engines, state, not shared_ledger)
     tasks = {
         name: load_task(name, spec.data_dir, **spec.rules.task_options()) for name in spec.tasks
     }
@@ -220,8 +228,8 @@ async def run_optimization(
     gate = asyncio.Semaphore(spec.tasks_at_once)
     started = time.monotonic()
     writer = None
-    if run_dir is not None and spec.ledger_interval_s > 0:
-        writer = asyncio.create_task(_write_ledger_every(run_dir, engines, spec.ledger_interval_s))
+    if run_dir is not None and spec.ledger_interval_s > 0 and not shared_ledger:
+        writer = asyncio.create_task(write_ledger_every(run_dir, engines, spec.ledger_interval_s))
 
     async def run_task(name: str) -> TaskResult:
         recorder = run_dir.task(name) if run_dir is not None else None
@@ -247,8 +255,7 @@ async def run_optimization(
             writer.cancel()
         if embedder is not None:
             await embedder.close()
-    session_ledger = engines_snapshot(engines)
-    summary = summarise(spec, results, session_ledger, earlier)
+    summary = _summary(spec, results, engines, earlier, shared_ledger)
     summary["wall_time_s"] = round(time.monotonic() - started, 3)
     state["status"] = summary["status"]
     state["finished"] = now_iso()
@@ -259,11 +266,28 @@ async def run_optimization(
     return summary
 
 
+def _summary(
+    spec: RunSpec,
+    results: Sequence[TaskResult],
+    engines: Sequence[Any],
+    earlier: Sequence[dict[str, Any]],
+    shared_ledger: bool,
+) -> dict[str, Any]:
+    """The summary; with a shared ledger the engines' spend is the caller's, not this run's."""
+    if not shared_ledger:
+        return summarise(spec, results, engines_snapshot(engines), earlier)
+    summary = summarise(spec, results, engines_snapshot(()), earlier)
+    summary.update(cost_usd=None, total_tokens=None, improvement_per_usd=None)
+    summary.update(improvement_per_mtok=None, spend="shared")
+    return summary
+
+
 def _open_session(
-    run_dir: RunDirectory | None, engines: Sequence[Any], resume: bool
+    run_dir: RunDirectory | None, engines: Sequence[Any], resume: bool, carry: bool = True
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The run's state for this session, and the earlier sessions' ledgers (their spend is
-    carried into the engines' budgets); the state is written before any work."""
+    carried into the engines' budgets unless not `carry`); the state is written before any
+    work."""
     earlier: list[dict[str, Any]] = []
     state: dict[str, Any] = {"status": "running", "sessions": 1, "tasks": {}}
     if run_dir is None:
@@ -274,7 +298,7 @@ def _open_session(
         run_dir.archive_ledger(session)
         state["sessions"] = session + 1
         state["tasks"] = previous.get("tasks", {})
-    earlier = run_dir.earlier_ledgers()
+    earlier = run_dir.earlier_ledgers() if carry else []
     carry_over_spend(engines, earlier)
     state["budgets"] = session_budgets(engines)
     state["started"] = now_iso()
