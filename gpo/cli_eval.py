@@ -8,6 +8,7 @@ tells "some_failed" from "all_failed"), 2 for bad input (see `gpo.cli`).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 from pathlib import Path
@@ -34,8 +35,10 @@ from gpo.endpoint_flags import (
 )
 from gpo.endpoints import open_engines
 from gpo.eval_job import EvalJob, check_out_dir, ensure_writable_dir, fresh_dir, run_eval_job
+from gpo.run_servers import resume_hint
 from gpo.scoring_flags import add_scoring_arguments, scoring_settings
 from gpo.scoring_rules import ScoringRules
+from gpo.stop_signals import EXIT_TERMINATED, TerminationGuard
 from gpo.user_text import check_arguments, read_text_file
 
 DEFAULT_PROMPT = "Let's think step by step."
@@ -190,14 +193,26 @@ def run(args: argparse.Namespace) -> int:
     )
     bar = progress.add_task("scoring", total=total)
 
-    async def main() -> dict[str, Any]:
-        async with open_engines(spec_from_args(args, ["scorer"], out_dir)) as engines:
-            return await run_eval_job(
-                job, engines["scorer"], out_dir, on_record=lambda _: progress.advance(bar)
-            )
+    with TerminationGuard() as guard:
 
-    with progress:
-        summary = run_async(main())
+        async def main() -> dict[str, Any]:
+            guard.watch()  # SIGTERM cancels this task: a clean stop, as Ctrl-C
+            async with open_engines(spec_from_args(args, ["scorer"], out_dir)) as engines:
+                return await run_eval_job(
+                    job, engines["scorer"], out_dir, on_record=lambda _: progress.advance(bar)
+                )
+
+        try:
+            with progress:
+                summary = run_async(main())
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            if guard.received is None:
+                raise
+            print(
+                f"gpo eval: stopped by SIGTERM; the answers so far are saved{resume_hint(out_dir)}",
+                file=sys.stderr,
+            )
+            return EXIT_TERMINATED
     print_summary(summary, out_dir)
     if summary.get("stopped_by_budget"):
         return EXIT_STOPPED
