@@ -37,6 +37,7 @@ _OPERATIONAL_FLAGS = (
     "log_level",
     "resume",
     "dry_run",
+    "config",  # the file's values are checked one by one, as flags
     "data_dir",
     "run_dir",
     "tasks_at_once",
