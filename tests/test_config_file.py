@@ -46,6 +46,8 @@ def _one_value(action: argparse.Action, existing_file: Path, index: int) -> Any:
     kind = action.type
     if getattr(kind, "maximum", None) is not None:  # BoundedNumber: its upper bound is allowed
         return kind.kind(kind.maximum) - index
+    if kind in (int, float):
+        return kind(3 + index)
     if kind is Path:
         return str(existing_file)
     if action.dest.endswith("api_key_env"):
