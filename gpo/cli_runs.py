@@ -42,13 +42,18 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = list_runs(args.folder)
+    # No runs/ yet is an empty list; a folder the user names must exist.
+    missing_default = args.folder == DEFAULT_FOLDER and not DEFAULT_FOLDER.exists()
+    rows = [] if missing_default else list_runs(args.folder)
     if args.json:
         payload = {"folder": str(args.folder), "runs": [row.to_json() for row in rows]}
         sys.stdout.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     if not rows:
-        print(f"no runs under {args.folder}")
+        where = f" under {args.folder}"
+        if missing_default:
+            where = f": {args.folder}/ does not exist here"
+        print(f"no runs{where} (gpo optimize and gpo eval write under runs/ by default)")
         return 0
     print_rows(rows, args.folder)
     return 0

@@ -13,8 +13,9 @@ Nothing here raises for a bad directory: each becomes a row saying what is wrong
 
 Status: "finished", "budget-stopped", "failed", "interrupted" (Ctrl-C, SIGTERM, or killed:
 state.json says running but nobody holds `run.lock`), "running" (a live process holds
-`run.lock`), and for evaluations also "some-failed" (scored, but some samples failed). An
-evaluation folder without `summary.json` is "interrupted" unless a process holds a lock there.
+`run.lock`), and for evaluations also "some-failed" (scored, but some samples failed) and
+"unfinished": no `summary.json` yet, so still running or stopped (`gpo eval` takes no lock, so
+the two cannot be told apart; "running" if a process holds a `run.lock` there).
 """
 
 from __future__ import annotations
@@ -140,22 +141,44 @@ def _is_eval_summary(path: Path) -> bool:
 
 
 def lock_held(path: Path) -> bool:
-    """True when a live process holds `path/run.lock` (read from /proc/locks where Linux has
-    it, so that looking never takes the lock; elsewhere, a shared lock is tried and dropped)."""
+    """True when a live process holds `path/run.lock`.
+
+    Linux lists every flock in /proc/locks (MAJOR:MINOR:INODE): no entry for the file's inode
+    means free, and one with its device too means held, found without touching the lock. Where
+    only the inode matches (some file systems report another device number there) or there is
+    no /proc/locks, a shared lock is tried and dropped at once.
+    """
     lock = path / LOCK_FILE
     try:
         info = lock.stat()
     except OSError:
         return False
-    locks = Path("/proc/locks")
-    if locks.is_file():
-        device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
-        with contextlib.suppress(OSError):
-            for line in locks.read_text().splitlines():
-                words = line.split()
-                if "FLOCK" in words and any(_same_file(w, device) for w in words):
-                    return True
+    with contextlib.suppress(OSError):
+        matches = [
+            _device(word)
+            for line in Path("/proc/locks").read_text().splitlines()
+            if "FLOCK" in line
+            for word in line.split()
+            if word.count(":") == 2 and word.rsplit(":", 1)[-1] == str(info.st_ino)
+        ]
+        if not matches:
             return False
+        if (os.major(info.st_dev), os.minor(info.st_dev)) in matches:
+            return True
+    return _probe(lock)
+
+
+def _device(word: str) -> tuple[int, int] | None:
+    """(major, minor) of a /proc/locks MAJOR:MINOR:INODE word (hex device numbers)."""
+    major, minor, _ = word.split(":")
+    try:
+        return int(major, 16), int(minor, 16)
+    except ValueError:
+        return None
+
+
+def _probe(lock: Path) -> bool:
+    """Whether a shared lock on `lock` is refused (someone holds it exclusively)."""
     try:
         with lock.open("rb") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -165,22 +188,6 @@ def lock_held(path: Path) -> bool:
     except OSError:
         return False
     return False
-
-
-def _same_file(word: str, device: str) -> bool:
-    """/proc/locks writes MAJOR:MINOR:INODE with hex device numbers of varying width."""
-    parts = word.split(":")
-    wanted = device.split(":")
-    if len(parts) != 3:
-        return False
-    try:
-        return (
-            int(parts[0], 16) == int(wanted[0], 16)
-            and int(parts[1], 16) == int(wanted[1], 16)
-            and int(parts[2]) == int(wanted[2])
-        )
-    except ValueError:
-        return False
 
 
 def _status(path: Path, stored: str | None) -> str:
@@ -276,8 +283,8 @@ def eval_row(path: Path) -> RunRow:
     if summary is None:
         records = read_jsonl(path / RECORDS_FILE)
         tasks = tuple(dict.fromkeys(str(r.get("task")) for r in records))
-        status = "running" if lock_held(path) else "interrupted"
-        note = f"no {SUMMARY_FILE}: {len(records)} records written"
+        status = "running" if lock_held(path) else "unfinished"
+        note = f"no {SUMMARY_FILE}: {len(records)} records written; still running or stopped"
         return RunRow(path, "eval", status, "eval", tasks, started=started, note=note)
     rows = [row for row in summary.get("rows", []) if isinstance(row, dict)]
     tasks = tuple(dict.fromkeys(str(row.get("task")) for row in rows))

@@ -6,14 +6,23 @@ runs with their status and cost."""
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from tests.gpo_process import TASK, answered_server, eval_args, optimize_args, run_gpo
+from tests.gpo_process import (
+    TASK,
+    answered_server,
+    eval_args,
+    optimize_args,
+    run_gpo,
+    start_gpo,
+)
 
 GOOD = "Carefully check each step and give the final answer option."
 SAMPLES = 40
@@ -134,3 +143,43 @@ def test_runs_of_a_missing_folder_is_one_error_line(tmp_path: Path) -> None:
     done = gpo("runs", str(tmp_path / "nowhere"))
     assert done.returncode == 2
     assert "no such folder" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    listed = gpo("runs", str(empty))
+    assert listed.returncode == 0 and "no runs under" in listed.stdout
+
+
+def _status_of(folder: Path, name: str) -> str:
+    listing = as_json(gpo("runs", str(folder), "--json"))
+    return next(row["status"] for row in listing["runs"] if row["name"] == name)
+
+
+def _started_and_locked(run_dir: Path) -> bool:
+    """The run has written its state and holds its lock (the lock file names the holder)."""
+    try:
+        state = orjson.loads((run_dir / "state.json").read_bytes())
+        return state.get("status") == "running" and bool((run_dir / "run.lock").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return False
+
+
+def test_a_live_run_is_running_and_a_killed_one_interrupted(tmp_path: Path) -> None:
+    """Another process holds the run's lock: `gpo runs` says running without taking it; once
+    that process is SIGKILLed (state.json still says running), interrupted."""
+    run_dir = tmp_path / "runs" / "live"
+    with answered_server(4.0) as server:
+        process = start_gpo(*optimize_args(f"{server.url}/v1", run_dir, steps=3), capture=False)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and process.poll() is None:
+                if _started_and_locked(run_dir):
+                    break
+                time.sleep(0.02)
+            assert process.poll() is None, "the run ended before it could be looked at"
+            process.send_signal(signal.SIGSTOP)  # it keeps its lock and cannot finish meanwhile
+            assert _status_of(run_dir.parent, "live") == "running"
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.kill()
+            process.wait(timeout=60)
+    assert _status_of(run_dir.parent, "live") == "interrupted"

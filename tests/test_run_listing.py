@@ -12,7 +12,7 @@ import pytest
 
 from backends.errors import ConfigError
 from gpo.run_comparison import compare_runs
-from gpo.run_listing import list_runs, lock_held, read_row
+from gpo.run_listing import _probe, list_runs, lock_held, read_row
 from gpo.run_lock import RunLock
 
 TASK = "bbh/navigate"
@@ -136,6 +136,14 @@ def test_a_held_lock_is_running_and_reading_never_takes_it(tmp_path: Path) -> No
     RunLock(path).acquire().release()  # looking left the lock free to take
 
 
+def test_the_fallback_probe_sees_a_held_lock(tmp_path: Path) -> None:
+    """Without /proc/locks, a refused shared lock tells a held run.lock from a free one."""
+    path = optimize_dir(tmp_path / "run", "running")
+    with RunLock(path):
+        assert _probe(path / "run.lock")
+    assert not _probe(path / "run.lock")
+
+
 def test_eval_folders_with_and_without_a_summary(tmp_path: Path) -> None:
     done = read_row(eval_dir(tmp_path / "done", [[1, 0, 1]]))
     assert (done.kind, done.status, done.method, done.test) == (
@@ -146,7 +154,7 @@ def test_eval_folders_with_and_without_a_summary(tmp_path: Path) -> None:
     )
     assert done.started == "2026-01-01T09:00:00+00:00" and done.cost.calls == 4
     killed = read_row(eval_dir(tmp_path / "killed", [[1, 0]], summary=False))
-    assert (killed.status, killed.tasks) == ("interrupted", (TASK,))
+    assert (killed.status, killed.tasks) == ("unfinished", (TASK,))
     assert "3 records" in (killed.note or "")
 
 
