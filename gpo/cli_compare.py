@@ -108,6 +108,15 @@ def _score_cell(row: TaskComparison, index: int) -> str:
     return "-" if score is None else f"{percent(score)} ({row.samples[index]})"
 
 
+def _row_cells(row: TaskComparison, columns: int) -> list[str]:
+    cells = [row.task, *(_score_cell(row, index) for index in range(columns))]
+    for index in range(1, columns):
+        difference, note = row.differences[index], row.notes[index]
+        text = format_difference(difference, note)
+        cells.append(f"{text} ({note})" if difference is not None and note else text)
+    return cells
+
+
 def print_comparison(comparison: Comparison) -> None:
     console = Console()
     runs = comparison.runs
@@ -121,17 +130,22 @@ def print_comparison(comparison: Comparison) -> None:
     for run in runs[1:]:
         table.add_column(f"{run.label} - baseline [{level} CI]", overflow="fold")
     for row in comparison.tasks:
-        cells = [_score_cell(row, index) for index in range(len(runs))]
-        differences = [
-            format_difference(row.differences[i], row.notes[i]) for i in range(1, len(runs))
-        ]
-        table.add_row(row.task, *cells, *differences)
+        table.add_row(*_row_cells(row, len(runs)))
+    if comparison.overall is not None:
+        table.add_section()
+        table.add_row(*_row_cells(comparison.overall, len(runs)))
     console.print(table)
     console.print(
         f"Differences in points over the samples both runs scored (n, matched by sample id), "
         f"with a paired bootstrap {level} interval ({comparison.resamples:,} resamples, seed "
         f"{comparison.seed}); * the interval excludes 0: a difference beyond the noise of these "
-        "samples. An interval containing 0 cannot tell the two apart.",
+        "samples. An interval containing 0 cannot tell the two apart."
+        + (
+            " The mean over tasks weighs each task the same (its interval resamples within "
+            "each task)."
+            if comparison.overall is not None
+            else ""
+        ),
         highlight=False,
     )
     print_costs(console, comparison)

@@ -3,23 +3,31 @@
 Two runs scored the same samples (matched by sample id beforehand, see `gpo.run_comparison`):
 `baseline[i]` and `other[i]` are the scores of sample i, so `d[i] = other[i] - baseline[i]` is
 the per-sample difference and the observed difference of means is `mean(d)`. Pairing removes
-the variation between samples (an easy sample is easy for both prompts), which is what makes a
-few points on 48 samples measurable at all.
+the variation between samples (an easy sample is easy for both prompts), which narrows the
+interval compared with treating the two runs as independent.
 
 The interval (the percentile bootstrap, Efron & Tibshirani 1993, ch. 13):
 1. draw B resamples of the n sample indices, each n indices uniformly with replacement;
 2. for resample b, the mean difference over its indices, m_b = mean(d[idx_b]);
 3. the interval is the (1 - c)/2 and (1 + c)/2 quantiles of m_1..m_B (c = 0.95 by default;
    numpy's linear interpolation between order statistics).
-B = 10,000 by default. The generator is `numpy.random.default_rng(seed)` with a fixed seed, so
-the same scores always give the same interval; change the seed (or B) to see how much the
-bounds move. Identical score arrays give exactly [0, 0]; an interval that excludes 0 means the
-difference is unlikely to be resampling noise of these samples (it says nothing about samples
-neither run scored). Resamples are drawn in chunks, so memory stays bounded for large n.
+B = 10,000 by default.
+
+Over several tasks (`stratified_paired_bootstrap`), the difference reported is the mean over
+tasks of each task's mean difference (each task weighs the same, as the paper's averages do);
+each resample draws every task's samples within that task (a stratified bootstrap), and the
+interval is again the percentiles of the B resampled means over tasks.
+
+The generator is `numpy.random.default_rng(seed)` with a fixed seed, so the same scores always
+give the same interval; change the seed (or B) to see how much the bounds move. Identical score
+arrays give exactly [0, 0]; an interval that excludes 0 means the difference is unlikely to be
+resampling noise of these samples (it says nothing about samples neither run scored).
+Resamples are drawn in chunks, so memory stays bounded for large n.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,6 +109,37 @@ def paired_bootstrap(
         low=float(low),
         high=float(high),
         n_shared=int(differences.size),
+        confidence=confidence,
+        resamples=resamples,
+        seed=seed,
+    )
+
+
+def stratified_paired_bootstrap(
+    pairs: Sequence[tuple[ArrayLike, ArrayLike]],
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = DEFAULT_SEED,
+) -> PairedDifference:
+    """The mean over groups (tasks) of each group's mean `other - baseline`, with a bootstrap
+    interval that resamples within each group; `n_shared` counts samples over all groups."""
+    if not pairs:
+        raise ValueError("no shared samples: there is no difference to estimate")
+    parts = [paired_bootstrap(a, b, resamples=1, confidence=confidence) for a, b in pairs]
+    rng = np.random.default_rng(seed)
+    means = np.zeros(resamples)
+    for baseline, other in pairs:
+        difference = np.asarray(other, dtype=float) - np.asarray(baseline, dtype=float)
+        means += resampled_means(difference, resamples, rng)
+    means /= len(pairs)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return PairedDifference(
+        mean=float(np.mean([part.mean for part in parts])),
+        low=float(low),
+        high=float(high),
+        n_shared=sum(part.n_shared for part in parts),
         confidence=confidence,
         resamples=resamples,
         seed=seed,

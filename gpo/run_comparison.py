@@ -31,6 +31,7 @@ from gpo.paired_bootstrap import (
     DEFAULT_SEED,
     PairedDifference,
     paired_bootstrap,
+    stratified_paired_bootstrap,
 )
 from gpo.run_dir import RunDirectory, read_jsonl
 from gpo.run_listing import RECORDS_FILE, RunCost, read_row, run_kind
@@ -90,7 +91,8 @@ class TaskComparison:
 
 @dataclass(frozen=True, slots=True)
 class Comparison:
-    """Columns (the first is the baseline), per-task rows, and the bootstrap's settings."""
+    """Columns (the first is the baseline), per-task rows, the bootstrap's settings, and with
+    several tasks `overall`: the mean over tasks (a difference over the tasks the two share)."""
 
     split: str
     runs: tuple[RunScores, ...]
@@ -98,6 +100,7 @@ class Comparison:
     resamples: int = DEFAULT_RESAMPLES
     confidence: float = DEFAULT_CONFIDENCE
     seed: int = DEFAULT_SEED
+    overall: TaskComparison | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -111,6 +114,7 @@ class Comparison:
             },
             "runs": [run.to_json() for run in self.runs],
             "tasks": [task.to_json() for task in self.tasks],
+            "overall": self.overall.to_json() if self.overall else None,
         }
 
 
@@ -276,7 +280,55 @@ def compare_runs(
                 f"scored {split} sample of any task ({_coverage(columns[0])} vs "
                 f"{_coverage(column)}); compare runs of the same tasks on the same split"
             )
-    return Comparison(split, tuple(columns), rows, resamples, confidence, seed)
+    overall = (
+        compare_overall(tasks, columns, resamples, confidence, seed) if len(tasks) > 1 else None
+    )
+    return Comparison(split, tuple(columns), rows, resamples, confidence, seed, overall)
+
+
+def _shared_pairs(
+    tasks: Sequence[str], baseline: RunScores, other: RunScores
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    pairs = []
+    for task in tasks:
+        first, second = baseline.scores.get(task, {}), other.scores.get(task, {})
+        shared = sorted(set(first) & set(second))
+        if shared:
+            pairs.append(
+                (np.array([first[s] for s in shared]), np.array([second[s] for s in shared]))
+            )
+    return pairs
+
+
+def compare_overall(
+    tasks: Sequence[str], columns: Sequence[RunScores], resamples: int, confidence: float, seed: int
+) -> TaskComparison:
+    """The "mean over tasks" row: each column's mean of its task scores, and each column
+    against the baseline over the tasks both scored (a stratified paired bootstrap)."""
+    differences: list[PairedDifference | None] = [None]
+    notes: list[str | None] = [None]
+    for column in columns[1:]:
+        pairs = _shared_pairs(tasks, columns[0], column)
+        differences.append(
+            stratified_paired_bootstrap(
+                pairs, resamples=resamples, confidence=confidence, seed=seed
+            )
+            if pairs
+            else None
+        )
+        shared = len(pairs)
+        notes.append(f"over {shared} of {len(tasks)} tasks" if shared < len(tasks) else None)
+    scores = []
+    for column in columns:
+        means = [m for m in (column.mean(task) for task in tasks) if m is not None]
+        scores.append(float(np.mean(means)) if means else None)
+    return TaskComparison(
+        task=f"mean over {len(tasks)} tasks",
+        scores=tuple(scores),
+        samples=tuple(sum(len(c.scores.get(t, {})) for t in tasks) for c in columns),
+        differences=tuple(differences),
+        notes=tuple(notes),
+    )
 
 
 def _coverage(column: RunScores) -> str:

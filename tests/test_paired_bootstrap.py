@@ -6,7 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpo.paired_bootstrap import PairedDifference, paired_bootstrap, resampled_means
+from gpo.paired_bootstrap import (
+    PairedDifference,
+    paired_bootstrap,
+    resampled_means,
+    stratified_paired_bootstrap,
+)
 
 
 def test_identical_arrays_give_exactly_zero() -> None:
@@ -105,3 +110,27 @@ def test_to_json_carries_the_flag() -> None:
     difference = PairedDifference(mean=0.2, low=0.05, high=0.35, n_shared=40)
     data = difference.to_json()
     assert data["excludes_zero"] is True and data["n_shared"] == 40
+
+
+def test_stratified_over_tasks_weighs_each_task_the_same() -> None:
+    rng = np.random.default_rng(6)
+    small = (np.zeros(10), np.ones(10))  # +1.0 on a task of 10 samples
+    large = ((rng.random(200) < 0.5).astype(float),) * 2  # 0 on a task of 200
+    difference = stratified_paired_bootstrap([small, large])
+    assert difference.mean == pytest.approx(0.5)  # not 10/210: tasks weigh the same
+    assert difference.n_shared == 210
+    assert difference.low == pytest.approx(0.5) and difference.high == pytest.approx(0.5)
+    same = stratified_paired_bootstrap([large, large])
+    assert (same.mean, same.low, same.high) == (0.0, 0.0, 0.0)
+
+
+def test_stratified_interval_of_one_task_matches_the_paired_one_in_distribution() -> None:
+    rng = np.random.default_rng(7)
+    baseline = (rng.random(60) < 0.4).astype(float)
+    other = (rng.random(60) < 0.7).astype(float)
+    alone = paired_bootstrap(baseline, other)
+    stratified = stratified_paired_bootstrap([(baseline, other)])
+    assert stratified.mean == alone.mean
+    assert abs(stratified.low - alone.low) < 0.03 and abs(stratified.high - alone.high) < 0.03
+    with pytest.raises(ValueError, match="no shared samples"):
+        stratified_paired_bootstrap([])

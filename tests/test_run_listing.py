@@ -259,3 +259,35 @@ def test_compare_refuses_what_it_cannot_compare(tmp_path: Path) -> None:
     write(sweep / "sweep.json", {})
     with pytest.raises(ConfigError, match="compare its cells"):
         compare_runs([one, sweep])
+
+
+def test_compare_over_several_tasks_adds_the_mean_over_tasks(tmp_path: Path) -> None:
+    def records(prompt: str, scores: dict[str, list[float]]) -> list[dict[str, Any]]:
+        return [
+            {
+                "task": task,
+                "split": "test",
+                "prompt_index": 0,
+                "prompt": prompt,
+                "sample_id": f"test-{j}",
+                "score": score,
+                "failure": None,
+            }
+            for task, values in scores.items()
+            for j, score in enumerate(values)
+        ]
+
+    write_lines(tmp_path / "a" / "records.jsonl", records("a", {"x/one": [0, 0], "x/two": [1] * 6}))
+    write_lines(tmp_path / "b" / "records.jsonl", records("b", {"x/one": [1, 1], "x/two": [1] * 6}))
+    write_lines(tmp_path / "c" / "records.jsonl", records("c", {"x/two": [0] * 6}))
+    comparison = compare_runs([tmp_path / "a", tmp_path / "b", tmp_path / "c"], resamples=200)
+    assert [row.task for row in comparison.tasks] == ["x/one", "x/two"]
+    overall = comparison.overall
+    assert overall is not None and overall.task == "mean over 2 tasks"
+    assert overall.scores == (0.5, 1.0, 0.0)
+    assert overall.differences[1].mean == pytest.approx(0.5)  # (+1 + 0) / 2 tasks
+    assert overall.differences[1].n_shared == 8 and overall.notes[1] is None
+    assert overall.differences[2].mean == pytest.approx(-1.0)  # x/two only
+    assert overall.notes[2] == "over 1 of 2 tasks"
+    assert comparison.tasks[0].notes[2] == "no scored sample"
+    assert orjson.loads(orjson.dumps(comparison.to_json()))["overall"]["task"] == overall.task
