@@ -26,10 +26,28 @@ from collections.abc import Sequence
 
 from backends.errors import GpoError
 from backends.redaction import has_key_prefix
-from gpo import cli_eval, cli_optimize, cli_report, cli_reproduce, cli_serve, cli_setup
+from gpo import (
+    cli_compare,
+    cli_eval,
+    cli_optimize,
+    cli_report,
+    cli_reproduce,
+    cli_runs,
+    cli_serve,
+    cli_setup,
+)
 from gpo.config_file import CONFIG_COMMANDS, add_config_argument, install_config_file
 
-SUBCOMMANDS = (cli_optimize, cli_eval, cli_report, cli_reproduce, cli_serve, cli_setup)
+SUBCOMMANDS = (
+    cli_optimize,
+    cli_eval,
+    cli_report,
+    cli_reproduce,
+    cli_serve,
+    cli_setup,
+    cli_runs,
+    cli_compare,
+)
 # A flag whose name speaks of a secret (word by word, so --budget-tokens is not one), including
 # the beginnings of such names (--scorer-api, --scorer-api-k): abbreviations are not accepted.
 _SECRET_FLAG = re.compile(
