@@ -7,15 +7,19 @@ sequences, then the test prompts x test samples): so phases are weighted by the 
 need, and a test phase of 2 x 250 samples weighs 500 units however fast the dev steps went.
 
 The rate is measured on wall time, over an exponentially weighted window of time constant
-`tau_s` seconds. At each observation, the units done since the previous one (du) and the seconds
-elapsed (dt) enter two decayed sums,
+`tau_s` seconds: each past moment s seconds ago weighs exp(-s / tau). At each observation, the
+units done since the previous one (du, taken as spread evenly over the interval) and the seconds
+elapsed (dt) enter two decayed sums, each weighted by the interval's mean weight
+f = tau / dt * (1 - exp(-dt / tau)),
 
-    U <- U * exp(-dt / tau) + du        T <- T * exp(-dt / tau) + dt
+    U <- U * exp(-dt / tau) + du * f        T <- T * exp(-dt / tau) + dt * f
 
 and the rate is U / T: the units per second of roughly the last `tau_s` seconds, older intervals
-weighing exponentially less. Time spent with no unit finished (waiting on the optimizer model, a
-rate limit, a retry) lowers the rate as it should, since the same waits lie ahead. The ETA is
-remaining units / rate; it is unknown (None) until a unit has been done.
+weighing exponentially less, the same whether observed every second or once a minute. Time
+spent with no unit finished (waiting on the optimizer model, a rate limit, a retry) lowers the
+rate as it should, since the same waits lie ahead. The ETA is remaining units / rate; it is
+unknown (None) until a unit has been done. Optimizer sequences and scored chains count alike;
+the mix of the two changes little from step to step, so the window absorbs their difference.
 """
 
 from __future__ import annotations
@@ -46,8 +50,9 @@ class RateEstimator:
         if elapsed <= 0:
             return
         decay = math.exp(-elapsed / self.tau_s)
-        self._units = self._units * decay + max(0.0, done - self._last_done)
-        self._seconds = self._seconds * decay + elapsed
+        weight = self.tau_s / elapsed * -math.expm1(-elapsed / self.tau_s)  # the interval's mean
+        self._units = self._units * decay + max(0.0, done - self._last_done) * weight
+        self._seconds = self._seconds * decay + elapsed * weight
         self._last_time, self._last_done = now, max(done, self._last_done)
 
     @property
