@@ -1,5 +1,7 @@
 """`--json` of `gpo optimize` and `gpo eval`: the final summary as one JSON object on stdout.
 
+The fields are listed here and in docs/json-output.md.
+
 With `--json`, stdout holds exactly one line, one JSON object, written when the command ends
 with a result (exit 0, 3 stopped by a budget, 4 samples failed, 130/143 interrupted); the human
 summary and the progress go to stderr. A usage error (exit 2) writes its one error line on stderr
@@ -9,8 +11,8 @@ Fields of both commands:
 
 - `command`: "optimize" or "eval"; `status` (below); `exit_code`: the process's exit status.
 - `cost`: `calls` (sequences the models generated), `http_calls`, `cache_hits` (answered from
-  the cache, free), `prompt_tokens`, `completion_tokens`, `total_tokens`, `usd` (null-free: 0.0
-  when nothing is priced), `unpriced_models`, and `by_phase`: per ledger phase ("scoring",
+  the cache, free), `prompt_tokens`, `completion_tokens`, `total_tokens`, `usd` (0.0 when no
+  model is priced), `unpriced_models`, and `by_phase`: per ledger phase ("scoring",
   "optimizing", ...) the same counts and `usd` (token prices only; a GPU-hour price is charged
   on wall time and appears in the total `usd` alone).
 - `wall_time_s`: seconds this command ran.

@@ -106,6 +106,7 @@ class ProgressDisplay:
         self.overall: TaskID | None = None
         self._last_line: float | None = None
         self._last_key: tuple[Any, ...] | None = None
+        self._last_text = ""
 
     def __enter__(self) -> ProgressDisplay:
         self.progress.__enter__()
@@ -119,9 +120,11 @@ class ProgressDisplay:
     ) -> None:
         if self.mode == "bars":
             self.tick()
-        elif self.mode == "lines" and kind is None:  # where the run ended
+        elif self.mode == "lines" and kind is None:  # where the run ended, unless just said
             self.tracker.observe()
-            self._write(self.tracker.line())
+            line = self.tracker.line()
+            if line != self._last_text:
+                self._write(line)
         self.progress.__exit__(kind, error, trace)
 
     def tick(self) -> None:
@@ -140,6 +143,7 @@ class ProgressDisplay:
             self._last_line, self._last_key = now, key
 
     def _write(self, line: str) -> None:
+        self._last_text = line
         try:
             self.stream.write(line + "\n")
             self.stream.flush()

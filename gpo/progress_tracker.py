@@ -203,7 +203,8 @@ class ProgressTracker:
         states = list(self.tasks.values())
         running = self.running()
         if len(states) == 1:
-            return self.phase_text(states[0]) or states[0].status
+            status = states[0].status
+            return self.phase_text(states[0]) or ("starting" if status == "waiting" else status)
         done = sum(1 for s in states if s.status in ("finished", "stopped"))
         steps = sum(s.steps_done for s in states)
         steps_total = sum(max(s.steps_total, s.plan.steps) for s in states)

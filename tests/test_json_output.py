@@ -4,14 +4,19 @@ human summary goes to stderr, and the numbers agree with the files the run wrote
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
+from backends.simulated import SimulatedServerProcess, metric_total
 from gpo.json_output import phase_costs
-from tests.gpo_process import answered_server, eval_args, optimize_args, run_gpo
+from tests.gpo_process import answered_server, eval_args, optimize_args, run_gpo, start_gpo
+
+DEADLINE_S = 120.0
 
 COST_FIELDS = {
     "calls",
@@ -94,3 +99,39 @@ def test_phase_costs_sum_rows_across_models_and_sessions() -> None:
     phases = phase_costs([{"rows": [row, other]}, {"rows": [row]}])
     assert phases["scoring"]["calls"] == 6 and phases["scoring"]["total_tokens"] == 30
     assert phases["optimizing"]["usd"] == 0.25 and phases["optimizing"]["cache_hits"] == 2
+
+
+def test_eval_json_of_a_sigterm_stop_says_interrupted_and_where(tmp_path: Path) -> None:
+    """A slowed server (a turn takes seconds): SIGTERM lands mid-evaluation; stdout is still one
+    object, saying interrupted, exit 143, and where the answers so far are."""
+    out = tmp_path / "eval"
+    with answered_server(0.05) as slow:
+        process = start_gpo(*eval_args(slow.url, out, "--json", limit=16))
+        try:
+            deadline = time.monotonic() + DEADLINE_S
+            while time.monotonic() < deadline and process.poll() is None:
+                if _running(slow) > 0:
+                    break
+                time.sleep(0.1)
+            assert process.poll() is None, "the evaluation ended before it could be stopped"
+            process.send_signal(signal.SIGTERM)
+            stdout, stderr = process.communicate(timeout=DEADLINE_S)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate(timeout=DEADLINE_S)
+    assert process.returncode == 143, stderr
+    payload = parse_stdout(stdout)
+    assert payload == {
+        "command": "eval",
+        "status": "interrupted",
+        "exit_code": 143,
+        "out_dir": str(out),
+    }
+
+
+def _running(server: SimulatedServerProcess) -> float:
+    try:
+        return metric_total(server.metrics(), "vllm:num_requests_running")
+    except OSError:  # a loaded machine may drop one probe; the next one decides
+        return 0.0
