@@ -135,7 +135,8 @@ class ProgressTracker:
         if state.status == "waiting":
             state.status = "running"
         name = _SPLIT_NAMES.get(split, split)
-        first = state.evaluations == 0 and state.plan.steps > 0 and split in ("eval", "dev")
+        first = state.evaluations == 0 and state.steps_done == 0 and state.plan.steps > 0
+        first = first and split in ("eval", "dev")
         state.phase = f"initial {name}" if first else name
         state.phase_done, state.phase_total = 0, total
         state.evaluations += 1

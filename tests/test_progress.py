@@ -240,3 +240,16 @@ def test_a_piped_optimization_prints_progress_lines_with_growing_counts(tmp_path
     assert calls == sorted(calls) and calls[-1] > calls[0], lines
     assert any("dev" in line and "scored" in line for line in lines), lines
     assert orjson.loads(done.stdout)["status"] == "finished"
+
+
+def test_several_cells_show_how_many_are_done_and_the_first_running_one() -> None:
+    plans = {"gpo t seed 0": WorkPlan(8, 36, 2, 20), "ape t seed 0": WorkPlan(8, 36, 2, 20)}
+    tracker = ProgressTracker("reproduce", plans)
+    tracker.task_started("gpo t seed 0", 2)
+    tracker.task_started("ape t seed 0", 2)
+    tracker.step_finished("gpo t seed 0", 0, 2, 0.5)
+    tracker.evaluation_started("gpo t seed 0", "eval", 32)
+    tracker.task_finished("ape t seed 0", FakeResult())
+    headline = tracker.headline()
+    assert headline == "cells 1/2 done · steps 3/4 · gpo t seed 0: step 2/2 · dev 0/32 scored"
+    assert tracker.remaining == 36 + 20
