@@ -148,7 +148,14 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "dry_run", False):
         from gpo.dry_run import estimate_run, print_estimates
 
-        print_estimates(estimate_run(spec_from_args(args), args))
+        estimates = estimate_run(spec_from_args(args), args)
+        if getattr(args, "json", False):
+            tasks = {task: estimate.to_json() for task, estimate in estimates.items()}
+            write_json(
+                {"command": "optimize", "status": "dry_run", "exit_code": 0, "estimates": tasks}
+            )
+        else:
+            print_estimates(estimates)
         return 0
     progress_interval(args)  # a bad GPO_PROGRESS_INTERVAL is refused before any work
     run_dir: RunDirectory | None = None

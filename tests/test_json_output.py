@@ -135,3 +135,16 @@ def _running(server: SimulatedServerProcess) -> float:
         return metric_total(server.metrics(), "vllm:num_requests_running")
     except OSError:  # a loaded machine may drop one probe; the next one decides
         return 0.0
+
+
+def test_dry_run_json_gives_each_task_its_estimate(tmp_path: Path) -> None:
+    done = run_gpo(
+        *("optimize", "--task", "bbh/navigate", "--dry-run", "--json"),
+        *("--scorer-url", "http://127.0.0.1:9/v1", "--run-dir", str(tmp_path / "run")),
+    )
+    assert done.returncode == 0, done.stderr
+    payload = parse_stdout(done.stdout)
+    assert payload["status"] == "dry_run" and payload["exit_code"] == 0
+    estimate = payload["estimates"]["bbh/navigate"]
+    assert estimate["scorer_calls"] > 0 and estimate["total_tokens"] > 0
+    assert not (tmp_path / "run").exists()
