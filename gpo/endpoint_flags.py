@@ -138,19 +138,20 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser, role: str) -> None:
         f"--{role}-rpm",
         type=_number(float, 0, 1e9, inclusive=False),
         metavar="N",
-        help="requests-per-minute limit",
+        help="requests-per-minute limit (default: none)",
     )
     group.add_argument(
         f"--{role}-tpm",
         type=_number(float, 0, 1e12, inclusive=False),
         metavar="N",
-        help="tokens-per-minute limit",
+        help="tokens-per-minute limit (default: none)",
     )
     group.add_argument(
         f"--{role}-gpu-hour-usd",
         type=_number(float, 0, 1e6),
         metavar="USD",
-        help="price of this role's server per GPU-hour (local servers)",
+        help="price of this role's server per GPU-hour (local servers; default: none, so "
+        "unpriced unless --prices names the model)",
     )
 
 
@@ -165,9 +166,19 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--no-cache", action="store_true", help="do not cache answers")
     group.add_argument(
-        "--prices", type=Path, metavar="PATH", help="JSON price table extending the built-in one"
+        "--prices",
+        type=Path,
+        metavar="PATH",
+        help="JSON price table extending the built-in one (default: the built-in one)",
     )
-    group.add_argument("--max-retries", type=_number(int, 0, 1_000), default=8, metavar="N")
+    group.add_argument(
+        "--max-retries",
+        type=_number(int, 0, 1_000),
+        default=8,
+        metavar="N",
+        help="retries of a failed call (rate limit, timeout, server error) before its request "
+        "fails; backoff with jitter, never sooner than Retry-After (default 8)",
+    )
     group.add_argument(
         "--request-timeout",
         type=_number(float, 0, 7 * 86_400, inclusive=False),
@@ -179,13 +190,13 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
         "--budget-usd",
         type=_number(float, 0, 1e9, inclusive=False),
         metavar="USD",
-        help="stop cleanly once this many dollars are spent",
+        help="stop cleanly once this many dollars are spent (default: no cap)",
     )
     group.add_argument(
         "--budget-tokens",
         type=_number(int, 1, 10**15),
         metavar="N",
-        help="stop cleanly once this many tokens are spent",
+        help="stop cleanly once this many tokens are spent (default: no cap)",
     )
 
 

@@ -66,7 +66,8 @@ RESUMABLE_CHANGES: tuple[str, ...] = _OPERATIONAL_FLAGS + tuple(
 )
 """Flags that may differ when a run is resumed; none changes what the run computes."""
 _UNRECORDED = ("no_progress", "log_level", "resume", "dry_run", "run_dir")
-_NOT_ARGUMENTS = ("resume", "command")
+# Not stored: they say how this session shows its work, never carried into a resumed one.
+_NOT_ARGUMENTS = ("resume", "command", "json", "progress_interval")
 
 
 def flag_name(key: str) -> str:
