@@ -109,7 +109,8 @@ class TaskPage:
     scores: Mapping[str, float | None]  # initial_dev, final_dev, initial_test, final_test
     trajectory: tuple[Step, ...]
     meta_prompts: tuple[MetaPrompt, ...]
-    evaluations: tuple[Evaluation, ...]
+    evaluations: tuple[Evaluation, ...]  # the final and initial prompts'
+    step_evaluations: tuple[Evaluation, ...]  # the other steps' prompts on test
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +206,9 @@ def task_page(run_path: Path, curve: TaskCurve) -> TaskPage:
         )
         for row in recorder.read_log("meta_prompts")
     )
+    evaluations, step_evaluations = optimize_evaluations(
+        recorder.read_log("scores"), result, trajectory
+    )
     scores = {
         "initial_dev": result.initial_dev if result else _first(curve.dev_scores),
         "final_dev": result.final_dev if result else max(curve.dev_scores, default=None),
@@ -222,7 +226,8 @@ def task_page(run_path: Path, curve: TaskCurve) -> TaskPage:
         scores=scores,
         trajectory=trajectory,
         meta_prompts=meta,
-        evaluations=optimize_evaluations(recorder.read_log("scores"), result, trajectory),
+        evaluations=evaluations,
+        step_evaluations=step_evaluations,
     )
 
 
@@ -255,21 +260,19 @@ def _candidates_by_step(
 
 def optimize_evaluations(
     records: Sequence[Mapping[str, Any]], result: TaskResult | None, trajectory: Sequence[Step]
-) -> tuple[Evaluation, ...]:
-    """Each prompt scored on test (the final prompt first), then the final prompt on dev."""
+) -> tuple[tuple[Evaluation, ...], tuple[Evaluation, ...]]:
+    """The final prompt on test and dev and the initial prompt on test; then the other steps'
+    prompts scored on test (when every step's was), in step order."""
     final = result.final_prompt if result is not None else None
-    steps_of = {}
+    steps_of: dict[str, int] = {}
     for entry in trajectory:
         steps_of.setdefault(entry.prompt, entry.step)
+    initial = shown_step(INITIAL_STEP)
     test = _group(record for record in records if record.get("split") == "test")
-    order = sorted(test, key=lambda prompt: (prompt != final, steps_of.get(prompt, 1 << 30)))
-    evaluations = []
-    for prompt in order:
-        step = steps_of.get(prompt)
-        role = "final prompt" if prompt == final else f"step {step} prompt"
-        if step == shown_step(INITIAL_STEP) and prompt != final:
-            role = "initial prompt"
-        evaluations.append(_evaluation(f"the {role} on test", "test", prompt, test[prompt]))
+    main: list[Evaluation] = []
+    others: list[Evaluation] = []
+    if final in test:
+        main.append(_evaluation("the final prompt on test", "test", final, test[final]))
     if final is not None:
         dev = _group(
             record
@@ -277,8 +280,17 @@ def optimize_evaluations(
             if record.get("split") == "eval" and record.get("prompt") == final
         )
         if final in dev:
-            evaluations.append(_evaluation("the final prompt on dev", "eval", final, dev[final]))
-    return tuple(evaluations)
+            main.append(_evaluation("the final prompt on dev", "eval", final, dev[final]))
+    for prompt in sorted(test, key=lambda prompt: steps_of.get(prompt, 1 << 30)):
+        step = steps_of.get(prompt)
+        if prompt == final:
+            continue
+        if step == initial:
+            main.append(_evaluation("the initial prompt on test", "test", prompt, test[prompt]))
+        else:
+            title = f"the step {step} prompt on test" if step is not None else "a prompt on test"
+            others.append(_evaluation(title, "test", prompt, test[prompt]))
+    return tuple(main), tuple(others)
 
 
 def _group(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
