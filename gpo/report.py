@@ -157,7 +157,12 @@ def markdown_report(runs: Sequence[RunReport], png_name: str | None) -> str:
         lines += [f"![dev and test score over the steps, with the word budget]({png_name})", ""]
     for run in runs:
         lines += [f"## {run.label}", "", "### Scores (%)", "", *task_table(run), ""]
-        lines += ["### Final prompts", ""]
+        lines += [
+            "### Final prompts",
+            "",
+            "Step k: the prompt after k optimization steps (0: the initial prompt).",
+            "",
+        ]
         for curve in run.curves:
             result = curve.result
             if result is None:
