@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from backends.errors import ConfigError
+from gpo.eval_job import RECORDS_FILE, SUMMARY_FILE
 from gpo.ledger_view import run_totals
 from gpo.report_runs import RunReport, TaskCurve, load_run
 from gpo.results import TaskResult
 from gpo.run_dir import CONFIG_FILE, RunDirectory, read_json, read_jsonl
 from gpo.trajectory import INITIAL_STEP, shown_step
 
-RECORDS_FILE = "records.jsonl"
-EVAL_SUMMARY_FILE = "summary.json"
 # What each phase of the ledger is spent on: the role its calls come from.
 PHASE_ROLES = {"scoring": "scorer", "optimizing": "optimizer", "embedding": "embedder"}
 
@@ -140,7 +139,7 @@ def run_kind(path: Path) -> str:
     """ "optimize" or "eval"; anything else is a clear error naming the folder."""
     if (path / CONFIG_FILE).is_file():
         return "optimize"
-    if (path / RECORDS_FILE).is_file() or (path / EVAL_SUMMARY_FILE).is_file():
+    if (path / RECORDS_FILE).is_file() or (path / SUMMARY_FILE).is_file():
         return "eval"
     raise ConfigError(
         f"RUN_DIR {path}: neither a run directory (no {CONFIG_FILE}) nor an evaluation folder "
@@ -338,7 +337,7 @@ def sample_of(record: Mapping[str, Any]) -> Sample:
 
 
 def eval_page(folder: Path) -> RunPage:
-    summary_path = folder / EVAL_SUMMARY_FILE
+    summary_path = folder / SUMMARY_FILE
     summary = read_json(summary_path) if summary_path.is_file() else {}
     records = read_jsonl(folder / RECORDS_FILE) if (folder / RECORDS_FILE).is_file() else []
     by_key: dict[tuple[str, str, int], list[Mapping[str, Any]]] = {}

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backends.errors import ConfigError
+from gpo.eval_job import RECORDS_FILE
 from gpo.results import TaskResult
-from gpo.run_dir import RunDirectory
+from gpo.run_dir import CONFIG_FILE, RunDirectory
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,11 @@ class RunReport:
 
 def load_run(path: str | Path) -> RunReport:
     """Read the run directory at `path` (a clear error names it when it is not one)."""
+    if not (Path(path) / CONFIG_FILE).is_file() and (Path(path) / RECORDS_FILE).is_file():
+        raise ConfigError(
+            f"RUN_DIR {path}: an evaluation folder (gpo eval) has no optimization curve; "
+            f"see its answers and scores with: gpo report --html {path}"
+        )
     run_dir = RunDirectory.open_existing(path, flag="gpo report")
     config = run_dir.read_config()
     state = run_dir.read_state()

@@ -160,6 +160,8 @@ async def test_html_report_of_an_evaluation_shows_scores_and_answers(tmp_path: P
     assert all(f"<td>{r['sample_id']}</td>" in text for r in records)
     assert "correct" in text and "wrong" in text
     assert "<script" not in text.lower()
+    # the PNG and Markdown report has nothing to draw for an evaluation: it says what does
+    assert main(["report", str(out)]) == 2
 
 
 def read_records(folder: Path) -> list[dict]:
