@@ -26,6 +26,7 @@ from typing import Any
 from backends.chat_template import CHAT_TEMPLATES, SERVER_TEMPLATE
 from backends.redaction import is_env_var_name, looks_like_key
 from engine.endpoint_spec import DEFAULT_KEY_ENV, ApiKeySource, EndpointSpec, EngineSetSpec
+from engine.prefix_affinity import ROUTINGS
 
 ROLES = ("scorer", "optimizer")
 
@@ -145,6 +146,14 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser, role: str) -> None:
         type=_number(float, 0, 1e12, inclusive=False),
         metavar="N",
         help="tokens-per-minute limit",
+    )
+    group.add_argument(
+        f"--{role}-routing",
+        choices=ROUTINGS,
+        default="affinity",
+        help=f"how several --{role}-url replicas share calls: affinity (a prompt's prefix to the "
+        "replica that has it cached, loads kept even; default) or least-loaded (when a router in "
+        "front already routes by prefix)",
     )
     group.add_argument(
         f"--{role}-gpu-hour-usd",
@@ -271,6 +280,7 @@ def endpoint_spec_from_args(args: argparse.Namespace, role: str) -> EndpointSpec
         max_retries=getattr(args, "max_retries", 8),
         request_timeout_s=getattr(args, "request_timeout", 600.0),
         gpu_hour_usd=getattr(args, f"{role}_gpu_hour_usd", None),
+        routing=getattr(args, f"{role}_routing", "affinity"),
     )
 
 
