@@ -147,6 +147,17 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser, role: str) -> None:
         metavar="N",
         help="tokens-per-minute limit",
     )
+    _add_routing_argument(group, role)
+    group.add_argument(
+        f"--{role}-gpu-hour-usd",
+        type=_number(float, 0, 1e6),
+        metavar="USD",
+        help="price of this role's server per GPU-hour (local servers)",
+    )
+
+
+def _add_routing_argument(group: Any, role: str) -> None:
+    """`--ROLE-routing`: how several URLs of the role share calls (`engine.prefix_affinity`)."""
     group.add_argument(
         f"--{role}-routing",
         choices=ROUTINGS,
@@ -154,12 +165,6 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser, role: str) -> None:
         help=f"how several --{role}-url replicas share calls: affinity (a prompt's prefix to the "
         "replica that has it cached, loads kept even; default) or least-loaded (when a router in "
         "front already routes by prefix)",
-    )
-    group.add_argument(
-        f"--{role}-gpu-hour-usd",
-        type=_number(float, 0, 1e6),
-        metavar="USD",
-        help="price of this role's server per GPU-hour (local servers)",
     )
 
 
