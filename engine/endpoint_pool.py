@@ -2,7 +2,9 @@
 
 Routing (`routing`): "affinity" (the default) sends a call to the replica that holds its
 prompt's prefix in its KV cache, else to its consistent-hash replica, within a bounded load
-(`engine.prefix_affinity`, whose docstring has the algorithm and its math). "least-loaded" sends
+(`engine.prefix_affinity`, whose docstring has the algorithm and its math); a prompt list is
+split by the replica each prompt routes to, one call per replica, so every prompt meets its own
+prefix. "least-loaded" sends
 each call to the available endpoint with the least outstanding work relative to its capacity,
 `outstanding sequences / max_concurrency` (prompts x n; capacity 1 when unknown); ties go to the
 endpoint chosen least recently, so equal endpoints take turns. Least-loaded is for replicas
@@ -184,12 +186,18 @@ class EndpointPool:
         return not half_open or endpoint.outstanding == 0
 
     def _choose(
-        self, sequences: int, text: str | None, tried: Sequence[_Endpoint] = ()
+        self,
+        sequences: int,
+        text: str | None,
+        tried: Sequence[_Endpoint] = (),
+        pending: Sequence[float] | None = None,
     ) -> _Endpoint:
         now = self._clock()
         usable = [self._usable(e, now) and e not in tried for e in self._endpoints]
         if self._router is not None and text is not None and any(usable):
             loads = [float(e.outstanding) for e in self._endpoints]
+            if pending is not None:  # prompts of the same list already placed
+                loads = [load + more for load, more in zip(loads, pending, strict=True)]
             index = self._router.choose(prefix_keys(text), loads, usable, float(sequences))
             chosen = self._endpoints[index]
         elif any(usable):
@@ -207,12 +215,18 @@ class EndpointPool:
         return chosen
 
     async def _call(
-        self, sequences: int, text: str | None, send: Callable[[Backend], Awaitable[T]]
+        self,
+        sequences: int,
+        text: str | None,
+        send: Callable[[Backend], Awaitable[T]],
+        first: _Endpoint | None = None,
     ) -> T:
-        """Send on the chosen endpoint; on a retryable failure re-send on an untried one."""
+        """Send on `first` (else the chosen endpoint); on a retryable failure re-send on an
+        untried one."""
         tried: list[_Endpoint] = []
         while True:
-            endpoint = self._choose(sequences, text, tried)
+            endpoint = first if first is not None and not tried else None
+            endpoint = endpoint or self._choose(sequences, text, tried)
             tried.append(endpoint)
             endpoint.outstanding += sequences
             endpoint.requests += 1
@@ -264,10 +278,36 @@ class EndpointPool:
         )
 
     async def complete(self, prompts: Sequence[str], params: SamplingParams) -> list[Completion]:
-        text = prompts[0] if prompts else None
-        return await self._call(
-            len(prompts) * params.n, text, lambda backend: backend.complete(prompts, params)
-        )
+        """One call, or with affinity one call per replica that the list's prompts route to
+        (each prompt to its own prefix's replica), answers put back in the list's order."""
+        if self._router is None or len(prompts) < 2:
+            text = prompts[0] if prompts else None
+            return await self._call(
+                len(prompts) * params.n, text, lambda backend: backend.complete(prompts, params)
+            )
+        pending = [0.0] * len(self._endpoints)
+        groups: dict[int, list[int]] = {}
+        for position, prompt in enumerate(prompts):
+            endpoint = self._choose(params.n, prompt, pending=pending)
+            index = self._endpoints.index(endpoint)
+            pending[index] += params.n
+            groups.setdefault(index, []).append(position)
+
+        async def send_group(index: int, members: list[int]) -> list[Completion]:
+            part = [prompts[position] for position in members]
+            return await self._call(
+                len(part) * params.n,
+                part[0],
+                lambda backend: backend.complete(part, params),
+                first=self._endpoints[index],
+            )
+
+        parts = await asyncio.gather(*(send_group(i, m) for i, m in groups.items()))
+        answers: list[Completion | None] = [None] * len(prompts)
+        for members, part in zip(groups.values(), parts, strict=True):
+            for position, answer in zip(members, part, strict=True):
+                answers[position] = answer
+        return [answer for answer in answers if answer is not None]
 
     async def chat(self, messages: Sequence[Message], params: SamplingParams) -> Completion:
         text = render_messages(messages)

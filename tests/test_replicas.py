@@ -164,3 +164,23 @@ def test_the_routing_flag_parses_and_is_recorded() -> None:
     assert EndpointSpec().routing == "affinity"
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--scorer-routing", "random"])
+
+
+async def test_a_prompt_list_is_split_so_each_prompt_meets_its_prefix() -> None:
+    backends = [FakeBackend(name) for name in "abcd"]
+    pool = EndpointPool(backends, balance=10.0)  # loose bound: the split alone is tested
+    firsts = [f"{q}\n{CANDIDATES[0]}" for q in QUESTIONS[:16]]
+    served = []
+    for prompt in firsts:  # one at a time: idle replicas, so the ring places each
+        served.append((await pool.complete([prompt], PARAMS))[0].text)
+    assert len(set(served)) > 1
+    order = list(range(len(firsts)))
+    random.Random(5).shuffle(order)
+    seconds = [f"{firsts[i]} answer {served[i]}. So the answer is" for i in order]
+    answers = [c.text for c in await pool.complete(seconds, PARAMS)]
+    assert answers == [served[i] for i in order]
+    assert outstanding_total(pool) == 0
+
+
+def outstanding_total(pool: EndpointPool) -> int:
+    return sum(status.outstanding_sequences for status in pool.status())
