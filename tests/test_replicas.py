@@ -167,7 +167,8 @@ def test_the_routing_flag_parses_and_is_recorded() -> None:
 
 
 async def test_a_prompt_list_is_split_so_each_prompt_meets_its_prefix() -> None:
-    backends = [FakeBackend(name) for name in "abcd"]
+    slots = Capabilities(max_concurrency=64)
+    backends = [FakeBackend(name, capabilities=slots) for name in "abcd"]
     pool = EndpointPool(backends, balance=10.0)  # loose bound: the split alone is tested
     firsts = [f"{q}\n{CANDIDATES[0]}" for q in QUESTIONS[:16]]
     served = []
