@@ -164,6 +164,12 @@ class EndpointPool:
             max_concurrency=None if None in limits else sum(limit or 0 for limit in limits),
         )
 
+    @property
+    def rendering_backend(self) -> Backend:
+        """The endpoint asked how the server renders chats (`engine.chat_render`): the first
+        one; every endpoint of a pool serves the same model."""
+        return self._endpoints[0].backend
+
     def status(self) -> tuple[EndpointStatus, ...]:
         now = self._clock()
         return tuple(
