@@ -4,8 +4,8 @@ Routing (`routing`): "affinity" (the default) sends a call to the replica that h
 prompt's prefix in its KV cache, else to its consistent-hash replica, within a bounded load
 (`engine.prefix_affinity`, whose docstring has the algorithm and its math); a prompt list is
 split by the replica each prompt routes to, one call per replica, so every prompt meets its own
-prefix. "least-loaded" sends
-each call to the available endpoint with the least outstanding work relative to its capacity,
+prefix. "least-loaded" sends each call to the available endpoint with the least outstanding
+work relative to its capacity,
 `outstanding sequences / max_concurrency` (prompts x n; capacity 1 when unknown); ties go to the
 endpoint chosen least recently, so equal endpoints take turns. Least-loaded is for replicas
 behind a router that already routes by prefix (vLLM's router, production-stack).

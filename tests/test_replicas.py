@@ -185,3 +185,15 @@ async def test_a_prompt_list_is_split_so_each_prompt_meets_its_prefix() -> None:
 
 def outstanding_total(pool: EndpointPool) -> int:
     return sum(status.outstanding_sequences for status in pool.status())
+
+
+def test_the_replica_workload_runs_and_loses_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    from perf.replicas import MODES, run_replica_bench
+
+    runs = run_replica_bench(repeat=1, candidates=2, samples=4, time_scale=50.0)
+    assert set(runs) == set(MODES)
+    for mode, measured in runs.items():
+        assert [run.chains for run in measured] == [8], mode
+        assert [run.lost for run in measured] == [0], mode
+    printed = capsys.readouterr().out
+    assert "prefix-cache hit rate: affinity" in printed and "chains lost" in printed
