@@ -13,7 +13,18 @@ the replica that served the first turn; candidates scored on the same sample (GP
 its later ones) is cut into chunks of `CHUNK_CHARS` characters; the key of the first k chunks is
 `h_k = hash(h_{k-1}, chunk_k)` (chained, so `h_k` names the whole prefix), up to `MAX_CHUNKS`.
 Which layout shares more is left to the text itself: whatever prefix two calls share, their
-chained keys agree up to it, so no layout is hard-wired.
+chained keys agree up to it, so no layout is hard-wired. Measured on bbh/navigate (8 candidates
+x 24 dev samples, chat first turns, mean characters of common prefix):
+
+    layout             prompt   same sample, other candidate   same candidate, other sample
+    Q_end              364      189                             92
+    Q_end, 3 shots     1499     152                             1227
+    Q_begin            364      10                              271
+    Q_begin, 3 shots   1499     10                              1407
+    before_Q           371      12                              278
+
+so the default `Q_end` groups a sample's candidates, and every other layout (and any few-shot
+block, which repeats the instruction in each demonstration) groups a candidate's samples.
 
 **Where a prefix was served** (`PrefixTable`): an LRU map `h_k -> replica` for k >= `MIN_CHUNKS`,
 written for every call routed. A new call looks up its longest recorded prefix (walking k up
