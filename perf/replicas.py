@@ -14,7 +14,8 @@ every prefix cache starts empty. Per repeat, interleaved:
 - `least-loaded`: on 4 replicas, `--scorer-routing least-loaded` (equal replicas take turns:
   round-robin in effect);
 - `kill`: on 4 replicas with affinity, one replica SIGKILLed once 30 % of the chains are scored;
-  counted: chains lost (failed or never answered) and calls the pool re-sent.
+  counted: chains lost (failed or never answered) and calls the pool re-sent (its hit rate is
+  the surviving replicas').
 
 Figures: scored prompts per second; speed-up over `one`; the prefix-cache hit rate over all
 replicas (`vllm:prefix_cache_hits_total / vllm:prefix_cache_queries_total` from each server's
@@ -66,10 +67,11 @@ class ReplicaRun:
         return self.chains / self.wall_s if self.wall_s > 0 else 0.0
 
 
-def _hit_rate(servers: Sequence[SimulatedServerProcess]) -> float:
+def _hit_rate(servers: Sequence[SimulatedServerProcess], killed: int | None) -> float:
+    """Prompt tokens found cached over those looked up, over every replica still serving."""
     hits = queries = 0.0
-    for server in servers:
-        if not server.running:
+    for index, server in enumerate(servers):
+        if index == killed:
             continue
         for key, value in server.metrics().items():
             name = key.partition("{")[0]
@@ -124,7 +126,8 @@ def run_once(task: Task, mode: str, candidates: int, samples: int, time_scale: f
     try:
         prompts = candidate_prompts(candidates)
         chosen = task.split("eval")[:samples]
-        kill_pid = servers[1].pid if mode == "kill" else None
+        killed = 1 if mode == "kill" else None
+        kill_pid = servers[1].pid if killed is not None else None
         urls = [f"{server.url}/v1" for server in servers]
         cpu0, wall0 = time.process_time(), time.perf_counter()
         answered, lost, resent = asyncio.run(
@@ -132,7 +135,7 @@ def run_once(task: Task, mode: str, candidates: int, samples: int, time_scale: f
         )
         wall = time.perf_counter() - wall0
         cpu = time.process_time() - cpu0
-        hit_rate = _hit_rate(servers)
+        hit_rate = _hit_rate(servers, killed)
     finally:
         for server in servers:
             server.stop()

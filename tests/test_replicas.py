@@ -108,19 +108,21 @@ async def test_a_killed_replica_is_drained_and_its_calls_answered_elsewhere() ->
             OpenAICompatibleBackend(f"{s.url}/v1", config.model, capabilities=capabilities)
             for s in servers
         ]
-        pool = EndpointPool(backends)
+        pool = EndpointPool(backends, cooldown_s=600.0, max_cooldown_s=600.0)
         params = SamplingParams(max_tokens=64)
         tasks = [
             asyncio.create_task(pool.chat(first_turn(q, c), params))
             for q in QUESTIONS[:30]
             for c in CANDIDATES[:4]
         ]
+        busy: list[int] = []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # a replica holds calls in flight: kill it then
             busy = [i for i, s in enumerate(pool.status()) if s.outstanding_sequences > 0]
             if busy:
                 break
             await asyncio.sleep(0.01)
+        assert busy, "no replica ever held a call"
         victim = busy[0]
         servers[victim]._process.kill()
         results = await asyncio.gather(*tasks, return_exceptions=True)
