@@ -96,6 +96,9 @@ class EndpointSpec:
     connect_timeout_s: float = 10.0
     probe: bool = True
     gpu_hour_usd: float | None = None
+    routing: str = "affinity"
+    """How several URLs share the calls (`engine.prefix_affinity.ROUTINGS`): "affinity" (prefix
+    affinity with bounded loads) or "least-loaded" (for replicas behind a prefix-aware router)."""
 
     def flag(self, name: str) -> str:
         """The command-line flag for this role's setting `name`: `--scorer-url` for "url"."""

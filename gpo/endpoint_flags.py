@@ -26,6 +26,7 @@ from typing import Any
 from backends.chat_template import CHAT_TEMPLATES, SERVER_TEMPLATE
 from backends.redaction import is_env_var_name, looks_like_key
 from engine.endpoint_spec import DEFAULT_KEY_ENV, ApiKeySource, EndpointSpec, EngineSetSpec
+from engine.prefix_affinity import ROUTINGS
 
 ROLES = ("scorer", "optimizer")
 
@@ -146,12 +147,25 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser, role: str) -> None:
         metavar="N",
         help="tokens-per-minute limit (default: none)",
     )
+    _add_routing_argument(group, role)
     group.add_argument(
         f"--{role}-gpu-hour-usd",
         type=_number(float, 0, 1e6),
         metavar="USD",
         help="price of this role's server per GPU-hour (local servers; default: none, so "
         "unpriced unless --prices names the model)",
+    )
+
+
+def _add_routing_argument(group: Any, role: str) -> None:
+    """`--ROLE-routing`: how several URLs of the role share calls (`engine.prefix_affinity`)."""
+    group.add_argument(
+        f"--{role}-routing",
+        choices=ROUTINGS,
+        default="affinity",
+        help=f"how several --{role}-url replicas share calls: affinity (a prompt's prefix to the "
+        "replica that has it cached, loads kept even; default) or least-loaded (when a router in "
+        "front already routes by prefix)",
     )
 
 
@@ -282,6 +296,7 @@ def endpoint_spec_from_args(args: argparse.Namespace, role: str) -> EndpointSpec
         max_retries=getattr(args, "max_retries", 8),
         request_timeout_s=getattr(args, "request_timeout", 600.0),
         gpu_hour_usd=getattr(args, f"{role}_gpu_hour_usd", None),
+        routing=getattr(args, f"{role}_routing", "affinity"),
     )
 
 

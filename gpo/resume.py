@@ -60,6 +60,7 @@ _OPERATIONAL_ROLE_FLAGS = (
     "rpm",
     "tpm",
     "gpu_hour_usd",
+    "routing",
 )
 RESUMABLE_CHANGES: tuple[str, ...] = _OPERATIONAL_FLAGS + tuple(
     f"{role}_{flag}" for role in ROLES for flag in _OPERATIONAL_ROLE_FLAGS
