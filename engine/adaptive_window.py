@@ -41,7 +41,10 @@ and end slow start, as in AIMD.
 vLLM's `/metrics` is the direct signal where a server has it (`engine.server_load` polls
 `vllm:num_requests_running` and `vllm:num_requests_waiting` and calls `on_server_load`): while
 it is fresh (within 2 s) it replaces the latency gradient. Requests waiting beyond one prompt
-list (`batch`) mean the server is full: growth stops and the window is brought down, by at most
+list (`batch`) at two polls in a row while the running count did not grow between them mean the
+server is full (waiting at one poll alone is a list waiting for its prefill); in slow start, a
+poll that finds free slots while the window is in use doubles it at once (polls come every
+0.25 s, sooner than a round trip of long generations): growth stops and the window is brought down, by at most
 10% a poll, to running + running / 2 + batch, the headroom that keeps the batch full (as for a
 server whose `max_num_seqs` is known, `EngineConfig.window_for`); otherwise the server has free
 slots and the window grows as above, even if latency climbs (on a batching server latency
@@ -50,9 +53,12 @@ rises with the batch while throughput still does too).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
 
 TOLERANCE = 2.0
 SHORT_ALPHA = 0.1
@@ -89,6 +95,9 @@ class MeasuredWindow:
         self._last_decrease = -math.inf
         self._load_at = -math.inf
         self._server_full = False
+        self._waited = False
+        self._running = 0.0
+        self._in_flight = 0
 
     @property
     def size(self) -> int:
@@ -106,6 +115,7 @@ class MeasuredWindow:
 
     def on_success(self, sequences: int, latency_s: float = 0.0, in_flight: int = 0) -> None:
         """A call of `sequences` answered after `latency_s`, `in_flight` sequences out with it."""
+        self._in_flight = in_flight
         if latency_s <= 0 or sequences <= 0:
             return
         self.short = (
@@ -141,11 +151,27 @@ class MeasuredWindow:
     def on_server_load(self, running: float, waiting: float, batch: int) -> None:
         """The server's own counts (vLLM `/metrics`): `running` and `waiting` sequences."""
         self._load_at = self._clock()
-        self._server_full = waiting > max(1, batch)
+        # Waiting alone is no proof: a prompt list waits a step or two for its prefill while
+        # the batch still grows. Full is waiting twice in a row while running stopped growing.
+        waits = waiting > max(1, batch)
+        self._server_full = waits and self._waited and running <= self._running
+        peak = max(running, self._running)
+        self._waited, self._running = waits, running
+        logger.debug(
+            "window %d (in flight %d), server running %d, waiting %d%s",
+            self.size,
+            self._in_flight,
+            running,
+            waiting,
+            ", full" if self._server_full else "",
+        )
         if not self._server_full:
+            if self.slow_start and self._in_flight * 2 >= self._size:
+                # Free slots and the window in use: double now, not a round trip from now.
+                self._size = self._clamp(self._size * 2)
             return
         self.slow_start = False
-        headroom = running + running // 2 + batch
+        headroom = peak + peak // 2 + batch
         if self._size > headroom:
             self._size = self._clamp(max(headroom, self._size * LOAD_STEP_DOWN))
 

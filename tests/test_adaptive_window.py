@@ -132,3 +132,16 @@ def test_settles_near_smaller_knees_too(slots: int) -> None:
     window = MeasuredWindow(4, 1, 4096, clock=clock)
     sizes = drive(window, lambda n: batching_server_latency(n, slots), 300, clock, per_call=1)
     assert slots * 0.95 <= min(sizes[-50:]) <= max(sizes[-50:]) <= slots * 2.5
+
+
+def test_a_list_waiting_for_its_prefill_does_not_stop_growth() -> None:
+    """vLLM's waiting count is not 0 while a prompt list waits for its prefill; while the
+    running count still grows, the server is not full."""
+    clock = Clock()
+    window = MeasuredWindow(64, 1, 4096, clock=clock)
+    for poll in range(1, 6):
+        clock.now += 0.25
+        window.on_server_load(running=48 * poll, waiting=64, batch=32)
+        for _ in range(4):
+            window.on_success(32, 1.0, window.size)
+    assert window.size >= 256
