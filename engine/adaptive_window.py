@@ -40,15 +40,17 @@ and end slow start, as in AIMD.
 
 vLLM's `/metrics` is the direct signal where a server has it (`engine.server_load` polls
 `vllm:num_requests_running` and `vllm:num_requests_waiting` and calls `on_server_load`): while
-it is fresh (within 2 s) it replaces the latency gradient. Requests waiting beyond one prompt
-list (`batch`) at two polls in a row while the running count did not grow between them mean the
-server is full (waiting at one poll alone is a list waiting for its prefill); in slow start, a
-poll that finds free slots while the window is in use doubles it at once (polls come every
-0.25 s, sooner than a round trip of long generations): growth stops and the window is brought down, by at most
-10% a poll, to running + running / 2 + batch, the headroom that keeps the batch full (as for a
-server whose `max_num_seqs` is known, `EngineConfig.window_for`); otherwise the server has free
-slots and the window grows as above, even if latency climbs (on a batching server latency
-rises with the batch while throughput still does too).
+it is fresh (within 2 s) it replaces the latency gradient.
+
+- Full: requests waiting beyond one prompt list (`batch`) at two polls in a row while the
+  running count did not grow between them (waiting at one poll alone is a list waiting for its
+  prefill). Growth stops and the window is brought down, by at most 10% a poll, to
+  peak running + peak running / 2 + batch, the headroom that keeps the batch full (as for a
+  server whose `max_num_seqs` is known, `EngineConfig.window_for`).
+- Otherwise the server has free slots: the window grows as above even if latency climbs (on a
+  batching server latency rises with the batch while throughput still does too), and in slow
+  start a poll that finds the window in use doubles it at once (polls come every 0.25 s,
+  sooner than a round trip of long generations).
 """
 
 from __future__ import annotations
