@@ -25,6 +25,7 @@ Workloads (bbh/navigate, reference prompts from the data as candidates):
   W4  W1 again on a warm response cache.
   W5  scale: 1k, 10k, 100k (and 1M with --full) scored prompts on a zero-service-time server.
   W6  client overhead: a zero-service-time server; client CPU per scored prompt.
+  W7  the window: 3 steps of W1, no window configured (measured) vs hand-set 16/64/128/256.
 
 Figures: wall time; scored prompts per second; percent of the server's theoretical limit (the
 makespan of the workload with every round fully queued at t = 0, computed offline with the
@@ -128,7 +129,7 @@ def select_workloads(spec: str | None, available: Sequence[str]) -> tuple[str, .
     for name in (part.strip().upper() for part in spec.split(",") if part.strip()):
         matches = [key for key in available if key == name or key.startswith(name + "-")]
         if not matches:
-            raise SystemExit(f"--workloads: unknown workload {name!r}; known: W1-W6")
+            raise SystemExit(f"--workloads: unknown workload {name!r}; known: W1-W7")
         chosen.extend(m for m in matches if m not in chosen)
     return tuple(chosen)
 

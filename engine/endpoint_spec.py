@@ -114,7 +114,7 @@ class EndpointSpec:
 
     def max_connections(self, capabilities: Capabilities) -> int:
         """The HTTP connections a backend of this endpoint keeps: twice its concurrency."""
-        concurrency = self.concurrency or capabilities.max_concurrency or 64
+        concurrency = self.concurrency or capabilities.max_concurrency or 512
         return max(8, concurrency * 2)
 
     def engine_config(self) -> EngineConfig:

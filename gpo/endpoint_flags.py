@@ -115,7 +115,8 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser, role: str) -> None:
         f"--{role}-concurrency",
         type=_number(int, 1, 100_000),
         metavar="N",
-        help="sequences in flight (default: sized from the server)",
+        help="sequences in flight, a fixed window (default: from the server's max_num_seqs "
+        "where known, else found by measurement)",
     )
     group.add_argument(
         f"--{role}-batch-size",
@@ -139,13 +140,15 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser, role: str) -> None:
         f"--{role}-rpm",
         type=_number(float, 0, 1e9, inclusive=False),
         metavar="N",
-        help="requests-per-minute limit (default: none)",
+        help="requests-per-minute limit (default: none; the fallback where the server sends "
+        "no rate-limit headers)",
     )
     group.add_argument(
         f"--{role}-tpm",
         type=_number(float, 0, 1e12, inclusive=False),
         metavar="N",
-        help="tokens-per-minute limit (default: none)",
+        help="tokens-per-minute limit (default: none; the fallback where the server sends no "
+        "rate-limit headers)",
     )
     _add_routing_argument(group, role)
     group.add_argument(

@@ -1,4 +1,4 @@
-"""The benchmark's workloads W1-W6: which rounds of (prompts x samples) each submits, on which
+"""The benchmark's workloads W1-W7: which rounds of (prompts x samples) each submits, on which
 server, against which contenders, and how it uses the response cache.
 
 Everything that sets one workload apart from another is a field of its `Workload`, so the
@@ -20,6 +20,17 @@ from perf.scales import (
 from perf.servers import API_REQUESTS_PER_MINUTE, API_TOKENS_PER_MINUTE
 
 VLLM_CONTENDERS = ("engine", "sequential", "gpo-vllm", "dspy-threads", "lm-eval", "async-openai")
+WINDOW_CONTENDERS = (
+    "engine",
+    "engine-auto",
+    "engine-w16",
+    "engine-w64",
+    "engine-w128",
+    "engine-w256",
+)
+"""W7: the engine told the server's batch (the reference), told nothing (its window found by
+measurement) and given hand-set windows (`perf.contenders.engine_windows`)."""
+WINDOW_STEPS = 3
 API_CONTENDERS = ("engine", "sequential", "dspy-threads", "lm-eval", "async-openai", "cookbook")
 """Hosted chat APIs take one conversation per call: the vLLM batch pattern has no counterpart
 there, and the cookbook's processor is the pattern made for them."""
@@ -88,9 +99,10 @@ def candidate_prompts(count: int, data_dir: str | None = None) -> list[str]:
 
 def build_workloads(scale: Scale, *, full: bool = False) -> dict[str, Workload]:
     """Every workload of this scale, keyed "W1" ... "W6" ("W5-1k" etc. for the W5 sizes)."""
-    pool = candidate_prompts(scale.candidates * scale.steps + 1)
+    pool = candidate_prompts(scale.candidates * max(scale.steps, WINDOW_STEPS) + 1)
     workloads = _step_workloads(scale, pool)
     workloads["W2"] = _optimisation_load(scale, pool)
+    workloads["W7"] = _window_workload(scale, pool)
     workloads.update(_zero_latency_workloads(scale, full))
     return workloads
 
@@ -132,6 +144,30 @@ def _optimisation_load(scale: Scale, pool: list[str]) -> Workload:
         f"initial prompt on {scale.dev_samples} dev samples, {scale.steps} steps of "
         f"{scale.candidates} x {scale.dev_samples}, then 2 prompts x {scale.test_samples} test "
         "samples; 2 chat turns each",
+    )
+
+
+def _window_workload(scale: Scale, pool: list[str]) -> Workload:
+    """W7: three GPO steps in a row through one engine, on the 256-slot server (or the real
+    one), so that a window that must be found by measurement pays for finding it."""
+    count = scale.candidates
+    rounds = tuple(
+        ScoringRound(
+            f"step {step + 1}",
+            "eval",
+            tuple(pool[step * count : (step + 1) * count]),
+            scale.dev_samples,
+        )
+        for step in range(WINDOW_STEPS)
+    )
+    return Workload(
+        "W7",
+        "the window: none configured vs set by hand",
+        "h100",
+        rounds,
+        f"{WINDOW_STEPS} steps of {count} candidates x {scale.dev_samples} dev samples x 2 chat "
+        "turns; the engine with no window configured and with windows 16, 64, 128, 256",
+        contenders=WINDOW_CONTENDERS,
     )
 
 
