@@ -102,7 +102,7 @@ from perf.servers import (
     reset_prefix_cache,
 )
 from perf.worker import RunResult, RunSpec, run_in_worker
-from perf.workloads import Workload, build_workloads
+from perf.workloads import Workload, build_workloads, select_workloads
 
 UNLIMITED_BUDGET_S = 1e9
 """The engine is the reference: it always runs its whole workload."""
@@ -120,18 +120,6 @@ class BenchSettings:
     chat_template: str = "chatml"
     max_num_seqs: int = 256
     contenders: tuple[str, ...] | None = None
-
-
-def select_workloads(spec: str | None, available: Sequence[str]) -> tuple[str, ...]:
-    if not spec:
-        return tuple(available)
-    chosen: list[str] = []
-    for name in (part.strip().upper() for part in spec.split(",") if part.strip()):
-        matches = [key for key in available if key == name or key.startswith(name + "-")]
-        if not matches:
-            raise SystemExit(f"--workloads: unknown workload {name!r}; known: W1-W7")
-        chosen.extend(m for m in matches if m not in chosen)
-    return tuple(chosen)
 
 
 def _log(message: str) -> None:

@@ -76,6 +76,24 @@ def _chat_template(value: str) -> str:
     )
 
 
+def _add_limit_arguments(group: Any, role: str) -> None:
+    """The role's client-side rate limits (the fallback to the server's rate-limit headers)."""
+    group.add_argument(
+        f"--{role}-rpm",
+        type=_number(float, 0, 1e9, inclusive=False),
+        metavar="N",
+        help="requests-per-minute limit (default: none; the fallback where the server sends "
+        "no rate-limit headers)",
+    )
+    group.add_argument(
+        f"--{role}-tpm",
+        type=_number(float, 0, 1e12, inclusive=False),
+        metavar="N",
+        help="tokens-per-minute limit (default: none; the fallback where the server sends no "
+        "rate-limit headers)",
+    )
+
+
 def add_endpoint_arguments(parser: argparse.ArgumentParser, role: str) -> None:
     """Flags for one role's endpoint and scheduling policy."""
     group = parser.add_argument_group(f"{role} endpoint")
@@ -136,20 +154,7 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser, role: str) -> None:
         type=_chat_template,
         help=_CHAT_TEMPLATE_HELP,
     )
-    group.add_argument(
-        f"--{role}-rpm",
-        type=_number(float, 0, 1e9, inclusive=False),
-        metavar="N",
-        help="requests-per-minute limit (default: none; the fallback where the server sends "
-        "no rate-limit headers)",
-    )
-    group.add_argument(
-        f"--{role}-tpm",
-        type=_number(float, 0, 1e12, inclusive=False),
-        metavar="N",
-        help="tokens-per-minute limit (default: none; the fallback where the server sends no "
-        "rate-limit headers)",
-    )
+    _add_limit_arguments(group, role)
     _add_routing_argument(group, role)
     group.add_argument(
         f"--{role}-gpu-hour-usd",

@@ -7,6 +7,7 @@ runner has no per-workload branches.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from benchmarks import load_reference_prompts
@@ -204,3 +205,16 @@ def _short_count(size: int) -> str:
     if size >= 1_000 and size % 1_000 == 0:
         return f"{size // 1_000}k"
     return str(size)
+
+
+def select_workloads(spec: str | None, available: Sequence[str]) -> tuple[str, ...]:
+    """The workloads `--workloads SPEC` names (W1 names every W1-* size), in `available`'s order."""
+    if not spec:
+        return tuple(available)
+    chosen: list[str] = []
+    for name in (part.strip().upper() for part in spec.split(",") if part.strip()):
+        matches = [key for key in available if key == name or key.startswith(name + "-")]
+        if not matches:
+            raise SystemExit(f"--workloads: unknown workload {name!r}; known: W1-W7")
+        chosen.extend(m for m in matches if m not in chosen)
+    return tuple(chosen)
