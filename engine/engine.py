@@ -114,7 +114,7 @@ class Engine:
         )
         self.prompt_lists = PromptListSupport(
             self.config.prompt_lists and capabilities.prompt_lists and capabilities.completions,
-            backend.identity,
+            getattr(backend, "base_url", backend.identity),
             confirmed=capabilities.lists_confirmed,
         )
         # Chats are rendered on the client only once the server agreed with the rendering.
