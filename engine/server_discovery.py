@@ -54,7 +54,8 @@ class ServerFacts:
 
     kind: str
     version: str | None = None
-    server: str | None = None
+    server_header: str | None = None
+    """The answer's `server` header (uvicorn for vLLM and llama-cpp-python, llama.cpp)."""
     root: str | None = None
     max_model_len: int | None = None
     slots: int | None = None
@@ -129,7 +130,7 @@ def _from_props(
     return ServerFacts(
         kind=kind,
         version=props.get("build_info") if isinstance(props.get("build_info"), str) else None,
-        server=server,
+        server_header=server,
         root=model_path if isinstance(model_path, str) else None,
         max_model_len=_int(n_ctx),
         slots=_int(props.get("total_slots")),
@@ -154,12 +155,12 @@ async def discover(
         return ServerFacts(
             kind=VLLM,
             version=version if isinstance(version, str) else None,
-            server=server,
+            server_header=server,
             root=entry.get("root") if isinstance(entry.get("root"), str) else None,
             max_model_len=_int(entry.get("max_model_len")),
         )
     if owner == "me":
-        return ServerFacts(kind=LLAMA_CPP_PYTHON, server=server)
+        return ServerFacts(kind=LLAMA_CPP_PYTHON, server_header=server)
     says_llama = owner == "llamacpp" or "llama.cpp" in (server or "").lower()
     if says_llama or is_local_url(backend.base_url):
         props = await _ask(backend, "/props", timeout_s)
@@ -169,7 +170,7 @@ async def discover(
     root = entry.get("root")
     return ServerFacts(
         kind=kind,
-        server=server,
+        server_header=server,
         root=root if isinstance(root, str) else None,
         max_model_len=_int(entry.get("max_model_len")),
     )
