@@ -17,8 +17,9 @@ decides how the work reaches the server:
 - Failures follow `engine.retry_policy` (exponential backoff with jitter, never sooner than
   `Retry-After`); a 429 pauses all dispatch until the server's reset. A call refused as invalid
   (4xx) is split so that one bad prompt cannot sink the others, and that prompt fails once,
-  without retries. A request that finally fails raises `RequestFailed` with its reason; nothing
-  is dropped silently.
+  without retries; a list the server refuses as a list is split once and lists are turned off
+  (`engine.list_fallback`). A request that finally fails raises `RequestFailed` with its reason;
+  nothing is dropped silently.
 - `Engine.embed(texts)` sends one `/v1/embeddings` call under the same rules (the same policy,
   the same pause on `Retry-After`, the same fatal errors, the same budget) and counts it in the
   ledger.
