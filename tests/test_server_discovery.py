@@ -150,6 +150,18 @@ async def test_a_refused_list_is_split_once_and_lists_are_turned_off(caplog) -> 
     assert len(notices) == 1
 
 
+async def test_a_refusal_learned_mid_run_is_kept_beside_the_servers(tmp_path) -> None:
+    async with FakeServer({}, refuses_lists=True) as server:  # an unknown server: lists on
+        spec = EngineSetSpec((url_spec(server.url, batch_size=4),), log_dir=tmp_path)
+        async with open_engines(spec) as engines:
+            answers = await engines["scorer"].generate_many(prompts(4))
+    assert all(isinstance(answer, Completion) for answer in answers)
+    started, learned = read_servers(tmp_path)
+    assert started["server"]["kind"] == "unknown" and started["server"]["prompt_lists"]
+    assert learned["role"] == "scorer" and learned["learned"] == "no prompt lists"
+    assert "HTTP 500" in learned["reason"]
+
+
 async def test_a_5xx_on_a_list_where_lists_worked_is_retried_not_split() -> None:
     async with FakeServer({}) as server:
         backend = OpenAICompatibleBackend(server.url, MODEL)
