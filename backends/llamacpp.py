@@ -159,8 +159,10 @@ def probe_llama_capabilities(base_url: str, model: str, timeout_s: float = 60.0)
     common = {"model": model, "max_tokens": 1}
     listed = _post_json(url, {**common, "prompt": ["1", "2"], "temperature": 0.0}, timeout_s)
     several = _post_json(url, {**common, "prompt": "1", "n": 2, "temperature": 1.0}, timeout_s)
+    takes_lists = _choice_count(*listed) == 2
     capabilities = Capabilities(
-        prompt_lists=_choice_count(*listed) == 2,
+        prompt_lists=takes_lists,
+        lists_confirmed=takes_lists,
         multiple_choices=_choice_count(*several) == 2,
         chat=True,
         completions=True,

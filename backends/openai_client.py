@@ -168,6 +168,13 @@ class OpenAICompatibleBackend:
         self._server_root = urlunsplit((parts.scheme, host, root_path, "", ""))
         self.model_source: str | None = None
         """The model file or directory a server started here loaded (its chat template)."""
+        self.model_fingerprint: str | None = None
+        """What tells apart models served under one name (weights, template, length), learned
+        when the endpoint is opened (`engine.server_identity`); part of `identity`."""
+        self.server_facts: dict[str, Any] = {}
+        """What the server said about itself when opened (kind, version, ...), for records."""
+        self.system_fingerprints: list[str] = []
+        """The distinct `system_fingerprint`s answers carried (hosted APIs), oldest first."""
         self._query = f"?{parts.query}" if parts.query else ""
         self._public_url = redact_url(self._base_url + self._query)
         self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
@@ -209,8 +216,10 @@ class OpenAICompatibleBackend:
         """The endpoint as cache keys see it. Servers started on a fresh port each run (the
         embedded model, a managed vLLM) pass a stable identity so their answers stay cached."""
         if self._identity is not None:
-            return f"{self._identity}|{self._model}"
-        return f"openai-compatible|{self._public_url}|{self._model}"
+            base = f"{self._identity}|{self._model}"
+        else:
+            base = f"openai-compatible|{self._public_url}|{self._model}"
+        return f"{base}|{self.model_fingerprint}" if self.model_fingerprint else base
 
     @property
     def model(self) -> str:
@@ -255,9 +264,11 @@ class OpenAICompatibleBackend:
         timeout_s: float | None = None,
         *,
         at_root: bool = False,
+        with_headers: bool = False,
     ) -> Any:
         """One call; `timeout_s` (connect and answer) replaces the session's timeout; `at_root`:
-        `path` is beside `/v1` (the server's own routes), not under it."""
+        `path` is beside `/v1` (the server's own routes), not under it; `with_headers`: return
+        (answer, the answer's headers with lower-case names)."""
         url = f"{self._server_root if at_root else self._base_url}{path}{self._query}"
         where = self._where(path)
         data = orjson.dumps(body) if body is not None else None
@@ -273,6 +284,7 @@ class OpenAICompatibleBackend:
                 status = response.status
                 if self.rate_limit_observer is not None:
                     self._observe_rate_limits(response.headers)
+                answer_headers = {k.lower(): v for k, v in response.headers.items()}
                 if 300 <= status < 400:
                     target = redact_url(response.headers.get("Location", "") or "(no Location)")
                     raise Redirected(
@@ -301,12 +313,22 @@ class OpenAICompatibleBackend:
                 _clean(f"{type(error).__name__}: {error}"), endpoint=where
             ) from None
         try:
-            return orjson.loads(raw)
+            payload = orjson.loads(raw)
         except orjson.JSONDecodeError:
             snippet = _clean(raw[:80].decode("utf-8", "replace"))
             raise MalformedResponse(
                 f"answer is not JSON ({len(raw)} bytes, starting {snippet!r})", endpoint=where
             ) from None
+        if isinstance(payload, dict):
+            self._note_fingerprint(payload.get("system_fingerprint"))
+        return (payload, answer_headers) if with_headers else payload
+
+    def _note_fingerprint(self, fingerprint: Any) -> None:
+        """Keep a hosted API's `system_fingerprint` (its backend configuration) when new."""
+        seen = self.system_fingerprints
+        if isinstance(fingerprint, str) and fingerprint and fingerprint not in seen[-8:]:
+            seen.append(fingerprint[:64])
+            del seen[:-8]
 
     def _observe_rate_limits(self, headers: Any) -> None:
         assert self.rate_limit_observer is not None
@@ -459,16 +481,34 @@ class OpenAICompatibleBackend:
         data = payload.get("data") if isinstance(payload, dict) else None
         return [entry for entry in data or () if isinstance(entry, dict)]
 
-    async def list_models(self, timeout_s: float | None = None) -> list[str]:
-        """The model ids the endpoint serves (`/v1/models`); `timeout_s` bounds this one call
-        (start-up probes use a short one, not the long generation timeout)."""
-        payload = await self._request("GET", "/models", None, timeout_s=timeout_s)
+    async def models_answer(
+        self, timeout_s: float | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """The `/v1/models` entries, each with an `id`, and the answer's headers (lower-case
+        names: `server` says which software answers); `timeout_s` bounds this one call."""
+        payload, headers = await self._request(
+            "GET", "/models", None, timeout_s=timeout_s, with_headers=True
+        )
         try:
-            return [entry["id"] for entry in payload["data"]]
+            entries = list(payload["data"])
+            if not all(isinstance(entry, dict) and "id" in entry for entry in entries):
+                raise KeyError("id")
         except (KeyError, TypeError) as error:
             raise MalformedResponse(
                 f"model list lacks data[].id ({error})", endpoint=self._where("/models")
             ) from None
+        return entries, headers
+
+    async def list_models(self, timeout_s: float | None = None) -> list[str]:
+        """The model ids the endpoint serves (`/v1/models`); `timeout_s` bounds this one call
+        (start-up probes use a short one, not the long generation timeout)."""
+        entries, _ = await self.models_answer(timeout_s)
+        return [entry["id"] for entry in entries]
+
+    async def get_from_server(self, path: str, timeout_s: float) -> Any:
+        """GET one of the server's own routes beside `/v1` (vLLM's `/version`, llama.cpp's
+        `/props`), on the same host, with the same session and errors as every other call."""
+        return await self._request("GET", path, None, timeout_s=timeout_s, at_root=True)
 
     async def embed(self, texts: Sequence[str], model: str | None = None) -> Embeddings:
         """One `/v1/embeddings` call: a vector per text, in input order, and the usage."""

@@ -116,6 +116,9 @@ class Capabilities:
     `multiple_choices`: `n > 1` is honoured in one call.
     `max_concurrency`: the number of sequences the server runs at once, when known
     (vLLM's `max_num_seqs`), used to size the engine's window.
+    `lists_confirmed`: prompt lists are known to work there (a server that says it is vLLM, or
+    capabilities a caller declared), so a 5xx on a list is the server's trouble, not the list's;
+    otherwise the engine learns it from the first list answered (`engine.list_fallback`).
     """
 
     prompt_lists: bool = True
@@ -123,6 +126,7 @@ class Capabilities:
     chat: bool = True
     completions: bool = True
     max_concurrency: int | None = None
+    lists_confirmed: bool = False
 
 
 @runtime_checkable

@@ -14,6 +14,7 @@ fault matrix write theirs (`perf.engines`, `perf.fault_run`).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,12 @@ from engine.ledger import Ledger
 from engine.prices import ModelPrice, PriceTable
 from gpo.budget_guard import refuse_unpriced_dollar_cap
 from gpo.endpoint_flags import BoundedNumber as BoundedNumber  # re-exported
-from gpo.run_servers import explain_server_death, record_server, server_description
+from gpo.run_servers import (
+    explain_server_death,
+    record_learned,
+    record_server,
+    server_description,
+)
 
 
 def _record(run_dir: Path, role: str, server: Any, backend: Backend) -> None:
@@ -56,6 +62,7 @@ def _record(run_dir: Path, role: str, server: Any, backend: Backend) -> None:
         model=backend.model,
         log_path=getattr(process, "log_path", None),
         version=getattr(server, "version", None),
+        facts=getattr(backend, "server_facts", None) if server is None else None,
     )
 
 
@@ -95,6 +102,8 @@ async def open_engines(spec: EngineSetSpec) -> AsyncIterator[dict[str, Engine]]:
                 )
                 await stack.enter_async_context(engine)
                 engines[endpoint.role] = engine
+                learned = functools.partial(record_learned, spec.log_dir, endpoint.role)
+                engine.prompt_lists.on_refused(functools.partial(learned, "no prompt lists"))
             refuse_unpriced_dollar_cap(spec.budget_usd, engines, prices)
             started = list({id(server): server for server in context.servers.values()}.values())
             try:
