@@ -32,6 +32,7 @@ from engine.racing import Race, RacingSettings, racing_order
 class RaceOutcome:
     """What racing did on one split: who was chosen, who was dropped when, and what it saved."""
 
+    prompts: tuple[str, ...]
     chosen: int
     survivors: tuple[int, ...]
     dropped_at: dict[int, int]  # candidate -> samples answered when it was dropped
@@ -45,6 +46,21 @@ class RaceOutcome:
     @property
     def chains_saved(self) -> int:
         return self.chains_full - self.chains_scored
+
+    def candidate_rows(self, prompts: Sequence[str]) -> dict[str, dict[str, object]]:
+        """Per raced prompt (in the order raced): how it fared, for the step's candidate rows."""
+        rows: dict[str, dict[str, object]] = {}
+        for index, prompt in enumerate(self.prompts):
+            if index in self.dropped_at:
+                mean, answered = self.partial[index]
+                rows[prompt] = {
+                    "raced": "dropped",
+                    "partial_mean": mean,
+                    "partial_samples": answered,
+                }
+            else:
+                rows[prompt] = {"raced": "full"}
+        return {prompt: row for prompt, row in rows.items() if prompt in set(prompts)}
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -164,11 +180,14 @@ async def race_prompts(
     if prompts and samples:
         workers = min(evaluator.max_active_chains, len(prompts) * len(samples))
         await run_in_waves(chain_worker, workers, wave=evaluator.engine.config.max_batch_size)
-    return result, _outcome(race, settings, scored, len(prompts) * len(samples))
+    return result, _outcome(race, prompts, settings, scored, len(prompts) * len(samples))
 
 
-def _outcome(race: Race, settings: RacingSettings, scored: int, full: int) -> RaceOutcome:
+def _outcome(
+    race: Race, prompts: Sequence[str], settings: RacingSettings, scored: int, full: int
+) -> RaceOutcome:
     return RaceOutcome(
+        prompts=tuple(prompts),
         chosen=race.leader() if race.survivors() else 0,
         survivors=tuple(race.survivors()),
         dropped_at=dict(race.dropped_at),

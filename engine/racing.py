@@ -168,6 +168,8 @@ class Race:
         self.tests[(a, b)].update((score_a - score_b + 1.0) / 2.0)
 
     def _drop_losers(self, answered: int) -> None:
+        if answered >= self.samples:
+            return  # every survivor has its full-dev score now: nothing is saved by dropping
         survivors = self.survivors()
         losers = {b for a in survivors for b in survivors if a != b and self.tests[(a, b)].rejected}
         for loser in losers:
