@@ -78,3 +78,41 @@ def test_the_replay_command_prints_its_table(
     assert main(["--data", str(data), "--orders", "3", "--json", str(tmp_path / "s.json")]) == 0
     assert "held-out" in capsys.readouterr().out
     assert orjson.loads((tmp_path / "s.json").read_bytes())["all"]["replays"] == 3
+
+
+def test_end_to_end_comparison_runs_gpo_with_and_without_racing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from perf.racing_e2e import main as e2e_main
+    from tests.gpo_fakes import DATA_DIR
+    from tests.gpo_process import REPO, answered_server
+
+    monkeypatch.setenv("GPO_DATA_DIR", str(DATA_DIR))
+    monkeypatch.chdir(REPO)
+    with answered_server(50.0) as server:
+        url = f"{server.url}/v1"
+        extra = ["--steps", "1", "--candidates", "4", "--train-size", "16", "--dev-size", "24"]
+        extra += ["--test-size", "8", "--scorer-url", url, "--optimizer-url", url]
+        extra += ["--scorer-chat-template", "chatml"]
+        out = tmp_path / "e2e"
+        assert (
+            e2e_main(
+                [
+                    "--seeds",
+                    "0",
+                    "--out",
+                    str(out),
+                    "--json",
+                    str(tmp_path / "f.json"),
+                    "--",
+                    *extra,
+                ]
+            )
+            == 0
+        )
+    figures = orjson.loads((tmp_path / "f.json").read_bytes())
+    plain, raced = (next(f for f in figures if f["racing"] is mode) for mode in (False, True))
+    assert raced["scoring_requests"] <= plain["scoring_requests"]
+    config = orjson.loads((out / "racing-seed0" / "config.json").read_bytes())
+    assert config["optimizer"]["racing"]["delta"] == 0.05
+    assert "racing - plain" in capsys.readouterr().out
