@@ -7,6 +7,7 @@
     python bench.py --full                   # adds W5 at 1M scored prompts
     python bench.py --url http://HOST:8000/v1 --model NAME   # a real `vllm serve`: ratios only
     python bench.py --check-estimate         # dry-run cost estimate vs the ledger of a real run
+    python bench.py --replicas               # R4: 4 simulated replicas (perf/replicas.py)
 
 bench.py starts the simulated vLLM-like server (`backends.simulated`) in its own process on
 loopback, restarts it before every measured run (empty prefix cache, full rate-limit buckets),
@@ -24,6 +25,7 @@ Workloads (bbh/navigate, reference prompts from the data as candidates):
   W4  W1 again on a warm response cache.
   W5  scale: 1k, 10k, 100k (and 1M with --full) scored prompts on a zero-service-time server.
   W6  client overhead: a zero-service-time server; client CPU per scored prompt.
+  W7  the window: 3 steps of W1, no window configured (measured) vs hand-set 16/64/128/256.
 
 Figures: wall time; scored prompts per second; percent of the server's theoretical limit (the
 makespan of the workload with every round fully queued at t = 0, computed offline with the
@@ -76,6 +78,7 @@ from perf.bar import bar_lines
 from perf.contenders import CONTENDERS, REFERENCE
 from perf.estimate import check_estimate
 from perf.limits import workload_limit
+from perf.replicas import main as replicas_main
 from perf.reports import render_markdown, render_table
 from perf.results import (
     WorkloadReport,
@@ -99,7 +102,7 @@ from perf.servers import (
     reset_prefix_cache,
 )
 from perf.worker import RunResult, RunSpec, run_in_worker
-from perf.workloads import Workload, build_workloads
+from perf.workloads import Workload, build_workloads, select_workloads
 
 UNLIMITED_BUDGET_S = 1e9
 """The engine is the reference: it always runs its whole workload."""
@@ -117,18 +120,6 @@ class BenchSettings:
     chat_template: str = "chatml"
     max_num_seqs: int = 256
     contenders: tuple[str, ...] | None = None
-
-
-def select_workloads(spec: str | None, available: Sequence[str]) -> tuple[str, ...]:
-    if not spec:
-        return tuple(available)
-    chosen: list[str] = []
-    for name in (part.strip().upper() for part in spec.split(",") if part.strip()):
-        matches = [key for key in available if key == name or key.startswith(name + "-")]
-        if not matches:
-            raise SystemExit(f"--workloads: unknown workload {name!r}; known: W1-W6")
-        chosen.extend(m for m in matches if m not in chosen)
-    return tuple(chosen)
 
 
 def _log(message: str) -> None:
@@ -336,6 +327,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--quick", action="store_true", help="small sizes, one run (< 2 minutes)")
     mode.add_argument("--smoke", action="store_true", help="tiny sizes, in-process (seconds)")
     parser.add_argument("--full", action="store_true", help="add W5 at 1M scored prompts")
+    parser.add_argument("--replicas", action="store_true", help="only R4 (perf/replicas.py)")
     parser.add_argument("--workloads", help="comma-separated, e.g. W1,W3 (default: all)")
     parser.add_argument("--contenders", help="comma-separated subset (the engine always runs)")
     parser.add_argument("--repeat", type=int, help="runs per contender; medians are reported")
@@ -415,6 +407,8 @@ def describe_parameters(settings: BenchSettings) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replicas:
+        return replicas_main(["--repeat", str(args.repeat or 3)])
     settings = settings_from_args(args)
     task = load_task(TASK_NAME)
     parameters = describe_parameters(settings)

@@ -19,7 +19,7 @@ import email.utils
 import ipaddress
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -51,6 +51,8 @@ from backends.protocol import (
 from backends.redaction import redact_known, remember_secret, scrub_text, scrub_url, url_password
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+RATE_LIMIT_HEADER_PREFIXES = ("x-ratelimit", "anthropic-ratelimit", "x-tokenlimit", "retry-after")
+"""Headers handed to `rate_limit_observer`: what servers say about their rate limits."""
 _ERROR_SNIPPET_CHARS = 300
 
 
@@ -195,6 +197,9 @@ class OpenAICompatibleBackend:
         self._max_connections = max_connections
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s, connect=connect_timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self.rate_limit_observer: Callable[[dict[str, str]], None] | None = None
+        """Called with an answer's rate-limit headers (lower-case names), in the call's task,
+        whenever an answer carries some (the engine paces calls by them)."""
         self._headers = {"Content-Type": "application/json"}
         if self._api_key:
             self._headers["Authorization"] = f"Bearer {self._api_key}"
@@ -266,6 +271,8 @@ class OpenAICompatibleBackend:
             ) as response:
                 raw = await response.read()
                 status = response.status
+                if self.rate_limit_observer is not None:
+                    self._observe_rate_limits(response.headers)
                 if 300 <= status < 400:
                     target = redact_url(response.headers.get("Location", "") or "(no Location)")
                     raise Redirected(
@@ -300,6 +307,16 @@ class OpenAICompatibleBackend:
             raise MalformedResponse(
                 f"answer is not JSON ({len(raw)} bytes, starting {snippet!r})", endpoint=where
             ) from None
+
+    def _observe_rate_limits(self, headers: Any) -> None:
+        assert self.rate_limit_observer is not None
+        found = {
+            lowered: value
+            for name, value in headers.items()
+            if (lowered := name.lower()).startswith(RATE_LIMIT_HEADER_PREFIXES)
+        }
+        if found:
+            self.rate_limit_observer(found)
 
     def _http_error(self, status: int, raw: bytes, headers: Any, where: str) -> BackendError:
         message = self._error_message(raw)
@@ -422,6 +439,19 @@ class OpenAICompatibleBackend:
         """POST to one of the server's own routes beside `/v1` (vLLM's `/tokenize`, llama.cpp's
         `/apply-template`): the same session, credentials and errors as every other call."""
         return await self._request("POST", path, body, timeout_s=timeout_s, at_root=True)
+
+    async def metrics_text(self, timeout_s: float = 2.0) -> str | None:
+        """The server's Prometheus text at `/metrics` beside `/v1` (vLLM's), or None where it
+        has none or does not answer in `timeout_s`."""
+        options = {"allow_redirects": False, "timeout": aiohttp.ClientTimeout(total=timeout_s)}
+        try:
+            session = self._get_session()
+            async with session.get(f"{self._server_root}/metrics", **options) as response:
+                if response.status != 200:
+                    return None
+                return await response.text()
+        except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError, ValueError):
+            return None
 
     async def list_model_entries(self, timeout_s: float | None = None) -> list[dict[str, Any]]:
         """The raw `/v1/models` entries (vLLM's carry `root`: the model directory it loaded)."""

@@ -1,6 +1,7 @@
 """The built-in backend kinds, registered with `engine.backend_registry`.
 
-- "url": one or several OpenAI-compatible base URLs (several are one `EndpointPool`).
+- "url": one or several OpenAI-compatible base URLs (several are one `EndpointPool`, routed by
+  `EndpointSpec.routing`: prefix affinity by default, least-loaded behind a prefix-aware router).
 - "embedded": the SmolLM2 model served by llama.cpp on a free loopback port; one server for every
   role of a run that uses it, stopped at the end.
 - "vllm": a managed vLLM for MODEL (`EndpointSpec.serve`) on a free loopback port, one for every
@@ -83,7 +84,7 @@ async def _closing(backend: Backend) -> AsyncIterator[Backend]:
 @register_backend("url")
 @contextlib.asynccontextmanager
 async def open_urls(spec: EndpointSpec, context: OpenContext) -> AsyncIterator[Backend]:
-    """One backend per URL (several make a pool, spread by least outstanding work)."""
+    """One backend per URL (several make a pool, routed as `spec.routing` says)."""
     if not spec.urls:
         raise ConfigError(f"{spec.flag('url')}: no URL given")
     backends: list[Backend] = []
@@ -95,7 +96,7 @@ async def open_urls(spec: EndpointSpec, context: OpenContext) -> AsyncIterator[B
         for opened in backends:
             await opened.close()
         raise
-    backend = backends[0] if len(backends) == 1 else EndpointPool(backends)
+    backend = backends[0] if len(backends) == 1 else EndpointPool(backends, routing=spec.routing)
     async with _closing(backend):
         yield backend
 

@@ -74,12 +74,11 @@ class ChatRenderer:
         try:
             if self.template is None:
                 self.template = await self._server_template()
-            if not isinstance(self.backend, OpenAICompatibleBackend):
+            backend = self._asked()
+            if not isinstance(backend, OpenAICompatibleBackend):
                 return self._fall_back(failed, "the backend cannot be asked for its rendering")
             rendered = self.template(messages)
-            verdict = await check_rendering(
-                self.backend, messages, rendered, self.template.bos_token
-            )
+            verdict = await check_rendering(backend, messages, rendered, self.template.bos_token)
         except (AuthenticationError, UnknownModel, Redirected):
             # The endpoint refuses everything: let the request itself fail once, as the engine
             # reports such errors (no verdict kept: a later request checks again).
@@ -93,8 +92,13 @@ class ChatRenderer:
         self._strip_bos = self._strip_bos or verdict.strip_bos
         return verdict
 
+    def _asked(self) -> Backend:
+        """The backend whose server is asked: a pool of replicas names one of its own
+        (`rendering_backend`; every replica serves the same model)."""
+        return getattr(self.backend, "rendering_backend", self.backend)
+
     async def _server_template(self) -> ChatTemplate:
-        backend = self.backend
+        backend = self._asked()
         source = getattr(backend, "model_source", None)
         if source is None and isinstance(backend, OpenAICompatibleBackend):
             for entry in await backend.list_model_entries(timeout_s=CHECK_TIMEOUT_S):

@@ -20,6 +20,11 @@ class EngineConfig:
 
     max_concurrency: int | None = None
     min_concurrency: int = 1
+    window_start: int = 64
+    """Where a measured window starts (`engine.adaptive_window`): no concurrency configured
+    and none known from the server."""
+    window_limit: int = 1024
+    """The most a measured window grows to."""
     adaptive_concurrency: bool = True
     max_batch_size: int = 32
     prompt_lists: bool = True
@@ -36,6 +41,14 @@ class EngineConfig:
     share_cache_claims: bool = True
     claim_ttl_s: float = DEFAULT_CLAIM_TTL_S
     claim_poll_max_s: float = 1.0
+
+    def measures_window(self, capabilities: Capabilities) -> bool:
+        """True when the window is found by measurement: nobody said how large it may be."""
+        return (
+            self.adaptive_concurrency
+            and self.max_concurrency is None
+            and capabilities.max_concurrency is None
+        )
 
     def window_for(self, capabilities: Capabilities) -> int:
         """The concurrency window's largest size, in sequences."""

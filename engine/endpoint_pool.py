@@ -1,8 +1,14 @@
 """Several endpoints of one role (one vLLM per GPU, replicas behind no router) seen as one Backend.
 
-Routing: each call goes to the available endpoint with the least outstanding work relative to
-its capacity, `outstanding sequences / max_concurrency` (prompts x n; capacity 1 when unknown);
-ties go to the endpoint chosen least recently, so equal endpoints take turns.
+Routing (`routing`): "affinity" (the default) sends a call to the replica that holds its
+prompt's prefix in its KV cache, else to its consistent-hash replica, within a bounded load
+(`engine.prefix_affinity`, whose docstring has the algorithm and its math); a prompt list is
+split by the replica each prompt routes to, one call per replica, so every prompt meets its own
+prefix. "least-loaded" sends each call to the available endpoint with the least outstanding
+work relative to its capacity,
+`outstanding sequences / max_concurrency` (prompts x n; capacity 1 when unknown); ties go to the
+endpoint chosen least recently, so equal endpoints take turns. Least-loaded is for replicas
+behind a router that already routes by prefix (vLLM's router, production-stack).
 
 Failures: a retryable failure (5xx, timeout, lost connection, malformed answer) counts against
 the endpoint; after `failures_before_cooldown` in a row it is dropped for a cool-down that
@@ -12,8 +18,15 @@ A 429 drops it for its `Retry-After` (or `cooldown_s`). When a cool-down ends th
 half-open: it gets one call at a time until one succeeds, so a still-broken server fails one
 request, not a whole window of them. Errors that are the request's fault (4xx) say nothing
 about the endpoint. If every endpoint is cooling down, the one that recovers first is used
-rather than failing. The pool never retries by itself: the error goes up to the engine, whose
-retry then lands on a healthy endpoint.
+rather than failing.
+
+Draining: a call that fails retryably on one endpoint (a replica killed mid-call: lost
+connection, 5xx, timeout, 429) is re-sent at once to another available endpoint not yet tried
+for it, up to once per endpoint, so a replica that dies loses no request; the dead replica is
+cooling down, so new calls and its affinity keys go elsewhere (`engine.prefix_affinity`: the next
+replica on the ring) until it answers again. Only when every endpoint has failed the call does
+the error go up to the engine, whose retry policy (backoff, `Retry-After`) takes over
+(`resend=False`: every failure goes up at once).
 """
 
 from __future__ import annotations
@@ -27,6 +40,13 @@ from typing import TypeVar
 
 from backends.errors import BackendError, ConfigError, RateLimited
 from backends.protocol import Backend, Capabilities, Completion, Message, SamplingParams
+from engine.prefix_affinity import (
+    DEFAULT_BALANCE,
+    ROUTINGS,
+    AffinityRouter,
+    prefix_keys,
+    render_messages,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +63,7 @@ class EndpointStatus:
     failures: int
     consecutive_failures: int
     cooldown_left_s: float
+    resent: int = 0
 
 
 class _Endpoint:
@@ -55,6 +76,7 @@ class _Endpoint:
         "last_chosen",
         "outstanding",
         "requests",
+        "resent",
     )
 
     def __init__(self, backend: Backend) -> None:
@@ -66,6 +88,7 @@ class _Endpoint:
         self.consecutive_failures = 0
         self.available_at = 0.0
         self.last_chosen = 0
+        self.resent = 0
 
 
 class EndpointPool:
@@ -80,6 +103,9 @@ class EndpointPool:
         failures_before_cooldown: int = 1,
         identity: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        routing: str = "affinity",
+        balance: float = DEFAULT_BALANCE,
+        resend: bool = True,
     ) -> None:
         if not backends:
             raise ConfigError("an endpoint pool needs at least one endpoint")
@@ -90,6 +116,8 @@ class EndpointPool:
             )
         if failures_before_cooldown < 1:
             raise ConfigError("endpoint pool: failures_before_cooldown must be at least 1")
+        if routing not in ROUTINGS:
+            raise ConfigError(f"endpoint pool: routing {routing!r} is not one of {ROUTINGS}")
         models = {backend.model for backend in backends if backend.model}
         if len(models) > 1:
             served = ", ".join(f"{b.identity} serves {b.model!r}" for b in backends)
@@ -101,6 +129,13 @@ class EndpointPool:
         self._failures_before_cooldown = failures_before_cooldown
         self._clock = clock
         self._choices = 0
+        self.routing = routing
+        self._resend = resend
+        self._router = (
+            AffinityRouter([e.capacity for e in self._endpoints], balance=balance)
+            if routing == "affinity" and len(self._endpoints) > 1
+            else None
+        )
         if identity is not None:
             self._identity = identity
         elif len(backends) == 1:
@@ -129,6 +164,12 @@ class EndpointPool:
             max_concurrency=None if None in limits else sum(limit or 0 for limit in limits),
         )
 
+    @property
+    def rendering_backend(self) -> Backend:
+        """The endpoint asked how the server renders chats (`engine.chat_render`): the first
+        one; every endpoint of a pool serves the same model."""
+        return self._endpoints[0].backend
+
     def status(self) -> tuple[EndpointStatus, ...]:
         now = self._clock()
         return tuple(
@@ -139,6 +180,7 @@ class EndpointPool:
                 failures=e.failures,
                 consecutive_failures=e.consecutive_failures,
                 cooldown_left_s=max(0.0, e.available_at - now),
+                resent=e.resent,
             )
             for e in self._endpoints
         )
@@ -149,33 +191,68 @@ class EndpointPool:
         half_open = endpoint.consecutive_failures >= self._failures_before_cooldown
         return not half_open or endpoint.outstanding == 0
 
-    def _choose(self) -> _Endpoint:
+    def _choose(
+        self,
+        sequences: int,
+        text: str | None,
+        tried: Sequence[_Endpoint] = (),
+        pending: Sequence[float] | None = None,
+    ) -> _Endpoint:
         now = self._clock()
-        usable = [e for e in self._endpoints if self._usable(e, now)]
-        if usable:
+        usable = [self._usable(e, now) and e not in tried for e in self._endpoints]
+        if self._router is not None and text is not None and any(usable):
+            loads = [float(e.outstanding) for e in self._endpoints]
+            if pending is not None:  # prompts of the same list already placed
+                loads = [load + more for load, more in zip(loads, pending, strict=True)]
+            index = self._router.choose(prefix_keys(text), loads, usable, float(sequences))
+            chosen = self._endpoints[index]
+        elif any(usable):
+            candidates = [e for e, ok in zip(self._endpoints, usable, strict=True) if ok]
             chosen = min(
-                usable, key=lambda e: (e.outstanding / e.capacity, e.outstanding, e.last_chosen)
+                candidates,
+                key=lambda e: (e.outstanding / e.capacity, e.outstanding, e.last_chosen),
             )
         else:
-            chosen = min(self._endpoints, key=lambda e: (e.available_at, e.outstanding))
+            untried = [e for e in self._endpoints if e not in tried] or self._endpoints
+            chosen = min(untried, key=lambda e: (e.available_at, e.outstanding))
             logger.debug("every endpoint is cooling down; using %s", chosen.backend.identity)
         self._choices += 1
         chosen.last_chosen = self._choices
         return chosen
 
-    async def _call(self, sequences: int, send: Callable[[Backend], Awaitable[T]]) -> T:
-        endpoint = self._choose()
-        endpoint.outstanding += sequences
-        endpoint.requests += 1
-        try:
-            result = await send(endpoint.backend)
-        except BackendError as error:
-            self._record_failure(endpoint, error)
-            raise
-        finally:
-            endpoint.outstanding -= sequences
-        self._record_success(endpoint)
-        return result
+    async def _call(
+        self,
+        sequences: int,
+        text: str | None,
+        send: Callable[[Backend], Awaitable[T]],
+        first: _Endpoint | None = None,
+    ) -> T:
+        """Send on `first` (else the chosen endpoint); on a retryable failure re-send on an
+        untried one."""
+        tried: list[_Endpoint] = []
+        while True:
+            endpoint = first if first is not None and not tried else None
+            endpoint = endpoint or self._choose(sequences, text, tried)
+            tried.append(endpoint)
+            endpoint.outstanding += sequences
+            endpoint.requests += 1
+            try:
+                result = await send(endpoint.backend)
+            except BackendError as error:
+                self._record_failure(endpoint, error)
+                if not (self._resend and error.retryable) or len(tried) >= len(self._endpoints):
+                    raise
+                endpoint.resent += 1
+                logger.info(
+                    "call failed on %s (%s); re-sending it elsewhere",
+                    endpoint.backend.identity,
+                    error.kind,
+                )
+                continue
+            finally:
+                endpoint.outstanding -= sequences
+            self._record_success(endpoint)
+            return result
 
     def _record_success(self, endpoint: _Endpoint) -> None:
         if endpoint.consecutive_failures >= self._failures_before_cooldown:
@@ -207,12 +284,40 @@ class EndpointPool:
         )
 
     async def complete(self, prompts: Sequence[str], params: SamplingParams) -> list[Completion]:
-        return await self._call(
-            len(prompts) * params.n, lambda backend: backend.complete(prompts, params)
-        )
+        """One call, or with affinity one call per replica that the list's prompts route to
+        (each prompt to its own prefix's replica), answers put back in the list's order."""
+        if self._router is None or len(prompts) < 2:
+            text = prompts[0] if prompts else None
+            return await self._call(
+                len(prompts) * params.n, text, lambda backend: backend.complete(prompts, params)
+            )
+        pending = [0.0] * len(self._endpoints)
+        groups: dict[int, list[int]] = {}
+        for position, prompt in enumerate(prompts):
+            endpoint = self._choose(params.n, prompt, pending=pending)
+            index = self._endpoints.index(endpoint)
+            pending[index] += params.n
+            groups.setdefault(index, []).append(position)
+
+        async def send_group(index: int, members: list[int]) -> list[Completion]:
+            part = [prompts[position] for position in members]
+            return await self._call(
+                len(part) * params.n,
+                part[0],
+                lambda backend: backend.complete(part, params),
+                first=self._endpoints[index],
+            )
+
+        parts = await asyncio.gather(*(send_group(i, m) for i, m in groups.items()))
+        answers: list[Completion | None] = [None] * len(prompts)
+        for members, part in zip(groups.values(), parts, strict=True):
+            for position, answer in zip(members, part, strict=True):
+                answers[position] = answer
+        return [answer for answer in answers if answer is not None]
 
     async def chat(self, messages: Sequence[Message], params: SamplingParams) -> Completion:
-        return await self._call(params.n, lambda backend: backend.chat(messages, params))
+        text = render_messages(messages)
+        return await self._call(params.n, text, lambda backend: backend.chat(messages, params))
 
     async def close(self) -> None:
         results = await asyncio.gather(

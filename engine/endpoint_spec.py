@@ -96,6 +96,9 @@ class EndpointSpec:
     connect_timeout_s: float = 10.0
     probe: bool = True
     gpu_hour_usd: float | None = None
+    routing: str = "affinity"
+    """How several URLs share the calls (`engine.prefix_affinity.ROUTINGS`): "affinity" (prefix
+    affinity with bounded loads) or "least-loaded" (for replicas behind a prefix-aware router)."""
 
     def flag(self, name: str) -> str:
         """The command-line flag for this role's setting `name`: `--scorer-url` for "url"."""
@@ -111,7 +114,7 @@ class EndpointSpec:
 
     def max_connections(self, capabilities: Capabilities) -> int:
         """The HTTP connections a backend of this endpoint keeps: twice its concurrency."""
-        concurrency = self.concurrency or capabilities.max_concurrency or 64
+        concurrency = self.concurrency or capabilities.max_concurrency or 512
         return max(8, concurrency * 2)
 
     def engine_config(self) -> EngineConfig:

@@ -9,7 +9,8 @@ decides how the work reaches the server:
   oldest first among equals.
 - One concurrency window counts sequences in flight, not calls and not candidates; it is sized for
   the server (a little above vLLM's `max_num_seqs`, so the server never waits for the client) and
-  shrinks and regrows by AIMD on 429s and timeouts.
+  shrinks and regrows by AIMD on 429s and timeouts; when nobody gave its size, it is found by
+  measurement (`engine.adaptive_window`, with vLLM's `/metrics` where there is one).
 - Completion requests, and chats rendered with a known chat template, travel as prompt lists: up
   to `max_batch_size` prompts in one `/v1/completions` call (`engine.fan_out`, which also sends
   `n` as n calls to endpoints that ignore it). Per-call CPU is what limits a Python client, so
@@ -54,6 +55,7 @@ from backends.protocol import (
     SamplingParams,
 )
 from backends.redaction import redact_completions
+from engine.adaptive_window import MeasuredWindow
 from engine.budget import NO_RESERVATION, Budget, BudgetExhausted, Reservation
 from engine.cache import ResponseCache
 from engine.cache_claims import CacheClaims
@@ -67,6 +69,8 @@ from engine.queues import Priority, QueuedRequest, RequestQueues
 from engine.rate_limits import AdaptiveWindow
 from engine.request_key import request_key
 from engine.retry_policy import Action, RequestFailed
+from engine.server_load import ServerLoadProbe
+from engine.token_estimate import TokenEstimator
 
 logger = logging.getLogger(__name__)
 
@@ -101,11 +105,7 @@ class Engine:
         capabilities = backend.capabilities
         self.capabilities = capabilities
         self.pacing = Pacing(
-            AdaptiveWindow(
-                self.config.window_for(capabilities),
-                self.config.min_concurrency,
-                self.config.adaptive_concurrency,
-            ),
+            self._make_window(),
             requests_per_minute=self.config.requests_per_minute,
             tokens_per_minute=self.config.tokens_per_minute,
             rate_window_s=self.config.rate_window_s,
@@ -120,6 +120,7 @@ class Engine:
         self._identity = backend.identity
         self._model = backend.model
         self._queues = RequestQueues()
+        self._tokens = TokenEstimator()
         self._in_flight = 0
         self._in_flight_by_key: dict[bytes, asyncio.Future[Completion]] = {}
         self._wakeup: asyncio.Event | None = None
@@ -138,6 +139,21 @@ class Engine:
                 poll_max_s=self.config.claim_poll_max_s,
             )
         self._fatal: RequestFailed | None = None
+        if hasattr(backend, "rate_limit_observer"):
+            backend.rate_limit_observer = self.pacing.on_headers
+        self._probe: ServerLoadProbe | None = None
+        metrics = getattr(backend, "metrics_text", None)
+        if isinstance(self.window, MeasuredWindow) and metrics is not None:
+            self._probe = ServerLoadProbe(metrics, self.window, self.config.max_batch_size)
+
+    def _make_window(self) -> AdaptiveWindow | MeasuredWindow:
+        """A measured window when nobody gave its size, else AIMD under the known size."""
+        config, capabilities = self.config, self.backend.capabilities
+        if config.measures_window(capabilities):
+            return MeasuredWindow(config.window_start, config.min_concurrency, config.window_limit)
+        return AdaptiveWindow(
+            config.window_for(capabilities), config.min_concurrency, config.adaptive_concurrency
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -152,6 +168,8 @@ class Engine:
         if self._dispatcher is None:
             self._wakeup = asyncio.Event()
             self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch_loop())
+            if self._probe is not None:
+                self._probe.start()
 
     async def close(self) -> None:
         """Stop dispatching, fail what is still queued, wait for calls in flight, close."""
@@ -164,6 +182,8 @@ class Engine:
             self._dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._dispatcher
+        if self._probe is not None:
+            await self._probe.stop()
         parked = await self._claims.close() if self._claims is not None else []
         for item in self._queues.drain():
             self._fail(item, "the engine was closed before this request was sent", "closed")
@@ -283,7 +303,7 @@ class Engine:
             self.budget.check()
 
     @property
-    def window(self) -> AdaptiveWindow:
+    def window(self) -> AdaptiveWindow | MeasuredWindow:
         return self.pacing.window
 
     @property
@@ -309,6 +329,7 @@ class Engine:
         return {
             "endpoint": self._identity,
             "window": self.window.maximum,
+            "window_measured": isinstance(self.window, MeasuredWindow),
             "prompt_lists": self._use_lists,
             **(self._render.describe() if self._render else {"chat_template": None}),
             "max_batch_size": self.config.max_batch_size,
@@ -348,23 +369,11 @@ class Engine:
                     if not items:
                         continue
                 self._in_flight += len(items)
-                tokens = self._estimate_tokens(items, params) if self.pacing.tpm else 0.0
+                tokens = self._tokens.call(items, params) if self.pacing.counts_tokens else 0.0
                 await self.pacing.admit(tokens)
                 call = loop.create_task(self._send(items, params, reservation))
                 self._calls.add(call)
                 call.add_done_callback(self._calls.discard)
-
-    def _estimate_tokens(self, items: Sequence[QueuedRequest], params: SamplingParams) -> float:
-        return sum(sum(self._estimate(item, params)) for item in items)
-
-    @staticmethod
-    def _estimate(item: QueuedRequest, params: SamplingParams) -> tuple[float, float]:
-        """(prompt tokens, most completion tokens) of one request, as hosted APIs count them."""
-        if item.prompt is not None:
-            chars = len(item.prompt)
-        else:
-            chars = sum(len(content) + 8 for _, content in item.request.messages or ())
-        return chars / 4, float(params.max_tokens * params.n)
 
     def _reserve(
         self, items: list[QueuedRequest], params: SamplingParams
@@ -372,7 +381,7 @@ class Engine:
         """The items the shared budget still lets through, and their reservation (held until
         their call returns); the others fail with `BudgetExhausted`."""
         assert self.budget is not None
-        estimates = [self._estimate(item, params) for item in items]
+        estimates = [self._tokens.request(item, params) for item in items]
         accepted, reservation = self.budget.reserve(self._model, estimates, self._in_flight)
         if accepted < len(items):
             stop = BudgetExhausted(self.budget.exhausted() or "budget spent")
@@ -424,7 +433,9 @@ class Engine:
             return
         # Keys the run loaded never enter the cache, a record or a score, even if echoed.
         completions = redact_completions(completions)
-        answered = self.pacing.on_answer(len(items))
+        answered = self.pacing.on_answer(len(items), started, self._in_flight)
+        if self.pacing.counts_tokens:
+            self._tokens.learn(items, completions)
         self._in_flight -= len(items)
         self.ledger.record_call(self._model, items[0].phase, answered - started)
         self._store(items, completions)
@@ -503,7 +514,7 @@ class Engine:
         self.pacing.on_congestion(error)
         delay = self._retry.delay(error, max(item.history.earlier(error) for item in items))
         if rate_limited:
-            self.pacing.give_back(self._estimate_tokens(items, items[0].request.params))
+            self.pacing.give_back(self._tokens.call(items, items[0].request.params))
         retry: list[QueuedRequest] = []
         now = asyncio.get_running_loop().time()
         for item in items:

@@ -86,7 +86,7 @@ class AdaptiveWindow:
     def size(self) -> int:
         return int(self._size)
 
-    def on_success(self, sequences: int) -> None:
+    def on_success(self, sequences: int, latency_s: float = 0.0, in_flight: int = 0) -> None:
         if self.adaptive and self._size < self.maximum:
             self._size = min(self.maximum, self._size + sequences / max(self._size, 1.0))
 

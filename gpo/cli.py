@@ -8,6 +8,7 @@ by mistake is not echoed back in the usage error: a flag whose name speaks of a 
 or password (other than the `...-env` and `...-file` ones, spelled out in full) and any value that
 has the shape of a well-known key format are refused before argparse sees them. No parser accepts
 abbreviated flags, so `--scorer-api-key-f sk-...` cannot reach `--scorer-api-key-file`.
+`--config FILE` (`gpo.config_file`) reads flags from a TOML file, checked by the same rules.
 
 Exit status (README "Exit codes"): 0 done; 1 an unexpected error, or a server `gpo serve` started
 exited; 2 bad usage or input, or an endpoint that cannot be used (one error line); 3 stopped by a
@@ -25,9 +26,28 @@ from collections.abc import Sequence
 
 from backends.errors import GpoError
 from backends.redaction import has_key_prefix
-from gpo import cli_eval, cli_optimize, cli_report, cli_reproduce, cli_serve, cli_setup
+from gpo import (
+    cli_compare,
+    cli_eval,
+    cli_optimize,
+    cli_report,
+    cli_reproduce,
+    cli_runs,
+    cli_serve,
+    cli_setup,
+)
+from gpo.config_file import CONFIG_COMMANDS, add_config_argument, install_config_file
 
-SUBCOMMANDS = (cli_optimize, cli_eval, cli_report, cli_reproduce, cli_serve, cli_setup)
+SUBCOMMANDS = (
+    cli_optimize,
+    cli_eval,
+    cli_report,
+    cli_reproduce,
+    cli_serve,
+    cli_setup,
+    cli_runs,
+    cli_compare,
+)
 # A flag whose name speaks of a secret (word by word, so --budget-tokens is not one), including
 # the beginnings of such names (--scorer-api, --scorer-api-k): abbreviations are not accepted.
 _SECRET_FLAG = re.compile(
@@ -96,14 +116,23 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_parser(subparsers)
         for name in set(subparsers.choices) - before:
             subparsers.choices[name].set_defaults(run=module.run)
+            if name in CONFIG_COMMANDS:
+                add_config_argument(subparsers.choices[name])
     _no_abbreviations(parser)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    """`argv` parsed, with a `--config FILE`'s values under the command line's flags."""
     parser = build_parser()
-    refuse_secrets_in_argv(sys.argv[1:] if argv is None else argv)
+    refuse_secrets_in_argv(argv)
+    from_file = install_config_file(parser, argv, _secret_flag)
     args = parser.parse_args(argv)
+    return from_file.finish(args) if from_file is not None else args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_arguments(sys.argv[1:] if argv is None else list(argv))
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from backends.errors import ConfigError, DataError
@@ -35,6 +34,15 @@ from gpo.endpoint_flags import (
 )
 from gpo.endpoints import open_engines
 from gpo.eval_job import EvalJob, check_out_dir, ensure_writable_dir, fresh_dir, run_eval_job
+from gpo.json_output import eval_json, interrupted_json, write_json
+from gpo.optimize_args import DATA_DIR_HELP
+from gpo.progress_display import (
+    ProgressDisplay,
+    add_progress_arguments,
+    display_mode,
+    progress_interval,
+)
+from gpo.progress_tracker import ProgressTracker, WorkPlan
 from gpo.run_servers import resume_hint
 from gpo.scoring_flags import add_scoring_arguments, scoring_settings
 from gpo.scoring_rules import ScoringRules
@@ -44,6 +52,8 @@ from gpo.user_text import check_arguments, read_text_file
 DEFAULT_PROMPT = "Let's think step by step."
 EXIT_STOPPED = 3
 EXIT_SAMPLES_FAILED = 4
+EXIT_INTERRUPTED = 130
+_SCORING = "scoring"  # the progress tracker's one entry: every chain of the evaluation
 
 
 def add_parser(subparsers: Any) -> None:
@@ -60,7 +70,12 @@ def add_parser(subparsers: Any) -> None:
         help="task or group (bbh/navigate, bbh, mmlu, lite-bbh, gsm8k...); repeat",
     )
     parser.add_argument("--list-tasks", action="store_true", help="print every task name and exit")
-    parser.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt; repeat")
+    parser.add_argument(
+        "--prompt",
+        action="append",
+        metavar="TEXT",
+        help=f"a prompt; repeat (default, when no prompt is given: {DEFAULT_PROMPT!r})",
+    )
     parser.add_argument(
         "--prompts-file",
         type=Path,
@@ -83,9 +98,9 @@ def add_parser(subparsers: Any) -> None:
         "--limit",
         type=BoundedNumber(int, 1, 10_000_000),
         metavar="N",
-        help="first N samples of each split",
+        help="first N samples of each split (default: all)",
     )
-    parser.add_argument("--data-dir", metavar="PATH", help="benchmark data folder")
+    parser.add_argument("--data-dir", metavar="PATH", help=DATA_DIR_HELP)
     parser.add_argument(
         "--out",
         type=Path,
@@ -99,6 +114,14 @@ def add_parser(subparsers: Any) -> None:
         help="replace the records.jsonl and summary.json of an earlier evaluation in --out "
         "(its cache.sqlite is kept and reused); an optimize run directory is never overwritten",
     )
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help="print the final summary as one JSON object on stdout (fields: "
+        "docs/json-output.md); the table goes to stderr",
+    )
+    add_progress_arguments(output)
     add_scoring_arguments(parser)
     add_endpoint_arguments(parser, "scorer")
     add_shared_arguments(parser)
@@ -164,48 +187,59 @@ def build_job(args: argparse.Namespace) -> EvalJob:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    check_arguments(args)  # text that is not UTF-8 would fail later, in a traceback
-    if args.list_tasks:
-        sys.stdout.write("\n".join(list_task_names(args.data_dir)) + "\n")
-        return 0
-    job = build_job(args)
-    if args.out is not None:
-        check_out_dir(args.out, overwrite=args.overwrite)
-    out_dir = ensure_writable_dir(
-        args.out or fresh_dir(Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")), "--out"
-    )
+def count_items(job: EvalJob) -> int:
+    """(prompt, sample) chains the job scores."""
     total = 0
     for task, prompts in job.prompts_by_task.items():
         loaded = load_task(task, job.data_dir)
         for split in job.splits:
             count = len(loaded.split(split))
             total += len(prompts) * (min(count, job.limit) if job.limit else count)
-    console = Console(stderr=True)
-    progress = Progress(
-        TextColumn("scoring"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
+    return total
+
+
+def run(args: argparse.Namespace) -> int:
+    check_arguments(args)  # text that is not UTF-8 would fail later, in a traceback
+    if args.list_tasks:
+        sys.stdout.write("\n".join(list_task_names(args.data_dir)) + "\n")
+        return 0
+    interval = progress_interval(args)
+    job = build_job(args)
+    if args.out is not None:
+        check_out_dir(args.out, overwrite=args.overwrite)
+    out_dir = ensure_writable_dir(
+        args.out or fresh_dir(Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")), "--out"
     )
-    bar = progress.add_task("scoring", total=total)
+    total = count_items(job)
+    tracker = ProgressTracker("eval", {_SCORING: WorkPlan(total, 0, 0, 0)})
+    console = Console(stderr=True)
+    display = ProgressDisplay(tracker, console, display_mode(args, console), interval)
 
     with TerminationGuard() as guard:
 
         async def main() -> dict[str, Any]:
             guard.watch()  # SIGTERM cancels this task: a clean stop, as Ctrl-C
             async with open_engines(spec_from_args(args, ["scorer"], out_dir)) as engines:
-                return await run_eval_job(
-                    job, engines["scorer"], out_dir, on_record=lambda _: progress.advance(bar)
-                )
+                tracker.engines = (engines["scorer"],)
+                tracker.evaluation_started(_SCORING, "", total)
+                refresher = asyncio.create_task(display.run_forever())
+                try:
+                    return await run_eval_job(
+                        job,
+                        engines["scorer"],
+                        out_dir,
+                        on_record=lambda _: tracker.item_scored(_SCORING),
+                    )
+                finally:
+                    refresher.cancel()
 
         try:
-            with progress:
+            with display:
                 summary = run_async(main())
         except (KeyboardInterrupt, asyncio.CancelledError):
+            if args.json:
+                code = EXIT_TERMINATED if guard.received is not None else EXIT_INTERRUPTED
+                write_json(interrupted_json("eval", out_dir, code))
             if guard.received is None:
                 raise
             print(
@@ -213,13 +247,22 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_TERMINATED
-    print_summary(summary, out_dir)
+    return _finish(args, summary, out_dir)
+
+
+def _finish(args: argparse.Namespace, summary: dict[str, Any], out_dir: Path) -> int:
+    """Print the summary (on stderr under --json, which prints its object) and the exit code."""
+    code = 0
     if summary.get("stopped_by_budget"):
-        return EXIT_STOPPED
-    if summary["failures"]:
+        code = EXIT_STOPPED
+    elif summary["failures"]:
+        code = EXIT_SAMPLES_FAILED
+    print_summary(summary, out_dir, Console(stderr=True) if args.json else None)
+    if code == EXIT_SAMPLES_FAILED:
         print(f"gpo eval: {failure_line(summary)}", file=sys.stderr)
-        return EXIT_SAMPLES_FAILED
-    return 0
+    if args.json:
+        write_json(eval_json(summary, out_dir, code))
+    return code
 
 
 def failure_line(summary: dict[str, Any]) -> str:
@@ -241,8 +284,8 @@ def failure_line(summary: dict[str, Any]) -> str:
     )
 
 
-def print_summary(summary: dict[str, Any], out_dir: Path) -> None:
-    console = Console()
+def print_summary(summary: dict[str, Any], out_dir: Path, console: Console | None = None) -> None:
+    console = console or Console()
     table = Table(title="Scores (mean over scored samples)")
     for column in ("task", "split", "prompt", "score", "failed"):
         table.add_column(column, overflow="fold")

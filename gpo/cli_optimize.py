@@ -36,15 +36,19 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks import resolve_data_dir
+from benchmarks import load_task, resolve_data_dir
+from engine.evaluator import Evaluator
 from engine.event_loop import run as run_async
 from gpo.budget_guard import resume_stop_message
 from gpo.endpoint_flags import ROLES
 from gpo.endpoint_flags import spec_from_args as engine_set_from_args
 from gpo.endpoints import open_engines
+from gpo.json_output import interrupted_json, optimize_json, write_json
 from gpo.optimize_args import add_parser as add_parser  # the `gpo` command adds it from here
 from gpo.optimize_args import build_optimize_parser, spec_from_args
-from gpo.optimize_display import RichProgress, print_summary, refresh_forever
+from gpo.optimize_display import print_summary
+from gpo.progress_display import ProgressDisplay, display_mode, progress_interval
+from gpo.progress_tracker import ProgressEvaluator, ProgressTracker, plan_task
 from gpo.resume import reopen_run, stored_arguments
 from gpo.resume import resumed_arguments as resumed_arguments  # re-exported
 from gpo.run_dir import RunDirectory
@@ -54,6 +58,7 @@ from gpo.stop_signals import EXIT_TERMINATED, TerminationGuard
 from gpo.user_text import check_arguments
 
 EXIT_STOPPED = 3
+EXIT_INTERRUPTED = 130
 
 
 def default_run_dir(spec: RunSpec) -> Path:
@@ -90,6 +95,18 @@ def run_config(spec: RunSpec, args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- progress ----------------------------------------------------------------------------------
+
+
+def progress_tracker(spec: RunSpec, run_dir: RunDirectory, resume: bool) -> ProgressTracker:
+    """A tracker planned from the spec; tasks an earlier session finished have nothing left."""
+    plans = {name: plan_task(spec.optimizer, load_task(name, spec.data_dir)) for name in spec.tasks}
+    tracker = ProgressTracker("optimize", plans)
+    if resume:
+        stored = run_dir.read_state().get("tasks", {})
+        for name, state in tracker.tasks.items():
+            if isinstance(stored.get(name), dict) and stored[name].get("status") == "finished":
+                state.status, state.phase = "finished", "done"
+    return tracker
 
 
 # -- the command -------------------------------------------------------------------------------
@@ -131,8 +148,16 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "dry_run", False):
         from gpo.dry_run import estimate_run, print_estimates
 
-        print_estimates(estimate_run(spec_from_args(args), args))
+        estimates = estimate_run(spec_from_args(args), args)
+        if getattr(args, "json", False):
+            tasks = {task: estimate.to_json() for task, estimate in estimates.items()}
+            write_json(
+                {"command": "optimize", "status": "dry_run", "exit_code": 0, "estimates": tasks}
+            )
+        else:
+            print_estimates(estimates)
         return 0
+    progress_interval(args)  # a bad GPO_PROGRESS_INTERVAL is refused before any work
     run_dir: RunDirectory | None = None
     with TerminationGuard() as guard:
         try:
@@ -140,9 +165,13 @@ def run(args: argparse.Namespace) -> int:
                 args, spec, run_dir = prepare(args, locks)
                 return _run_locked(args, spec, run_dir, guard)
         except (KeyboardInterrupt, asyncio.CancelledError):
+            where = run_dir.path if run_dir else None
+            if getattr(args, "json", False):
+                code = EXIT_TERMINATED if guard.received is not None else EXIT_INTERRUPTED
+                write_json(interrupted_json("optimize", where, code))
             if guard.received is None:
                 raise
-            resume = f"; continue with: gpo optimize --resume {run_dir.path}" if run_dir else ""
+            resume = f"; continue with: gpo optimize --resume {where}" if where else ""
             print(
                 f"gpo optimize: stopped by SIGTERM; finished work is saved{resume}",
                 file=sys.stderr,
@@ -154,12 +183,19 @@ def _run_locked(
     args: argparse.Namespace, spec: RunSpec, run_dir: RunDirectory, guard: TerminationGuard
 ) -> int:
     """The run itself, with the run directory locked and SIGTERM guarded."""
+    as_json = bool(getattr(args, "json", False))
     stop = resume_stop_message(args, run_dir) if args.resume is not None else None
     if stop is not None:  # the budget is spent by earlier sessions: nothing to run
-        Console().print(stop, style="yellow", markup=False, soft_wrap=True)
+        Console(stderr=as_json).print(stop, style="yellow", markup=False, soft_wrap=True)
+        if as_json:
+            summary = run_dir.read_summary() or {"status": "stopped"}
+            write_json(optimize_json(summary, run_dir.path, EXIT_STOPPED))
         return EXIT_STOPPED
     console = Console(stderr=True)
-    progress = RichProgress(console, enabled=not args.no_progress and console.is_terminal)
+    tracker = progress_tracker(spec, run_dir, args.resume is not None)
+    display = ProgressDisplay(
+        tracker, console, display_mode(args, console), progress_interval(args)
+    )
     if spec.embedder.kind == "hashing" and spec.optimizer.direction == "relevance":
         console.print(
             "[dim]relevance retrieval uses the hashing embedder (no embedding model "
@@ -169,21 +205,26 @@ def _run_locked(
     async def main() -> dict[str, Any]:
         guard.watch()  # SIGTERM cancels this task: a clean stop, as Ctrl-C
         async with open_engines(engine_set_from_args(args, ROLES, run_dir.path)) as engines:
-            progress.engines = (engines["scorer"], engines["optimizer"])
-            refresher = asyncio.create_task(refresh_forever(progress))
+            tracker.engines = (engines["scorer"], engines["optimizer"])
+            scoring = ProgressEvaluator(Evaluator(engines["scorer"], spec.scoring), tracker)
+            refresher = asyncio.create_task(display.run_forever())
             try:
                 return await run_optimization(
                     spec,
                     scorer=engines["scorer"],
                     optimizer=engines["optimizer"],
                     run_dir=run_dir,
-                    listener=progress,
+                    listener=tracker,
+                    evaluator=scoring,
                     resume=args.resume is not None,
                 )
             finally:
                 refresher.cancel()
 
-    with progress.progress:
+    with display:
         summary = run_async(main())
-    print_summary(summary, run_dir.path)
-    return 0 if summary["status"] == "finished" else EXIT_STOPPED
+    code = 0 if summary["status"] == "finished" else EXIT_STOPPED
+    print_summary(summary, run_dir.path, Console(stderr=True) if as_json else None)
+    if as_json:
+        write_json(optimize_json(summary, run_dir.path, code, run_dir.earlier_ledgers()))
+    return code

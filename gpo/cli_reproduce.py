@@ -39,7 +39,8 @@ from typing import Any
 from rich.console import Console
 
 from backends.errors import ConfigError
-from benchmarks import DATA_DIR_ENV, resolve_data_dir, resolve_task_names
+from benchmarks import DATA_DIR_ENV, load_task, resolve_data_dir, resolve_task_names
+from engine.evaluator import Evaluator
 from engine.event_loop import run as run_async
 from gpo.budget_guard import spent_cap
 from gpo.cli_optimize import run_config
@@ -53,8 +54,14 @@ from gpo.endpoint_flags import spec_from_args as engine_set_from_args
 from gpo.endpoints import open_engines
 from gpo.ledger_view import run_totals
 from gpo.methods import METHODS
-from gpo.optimize_args import add_run_shape_arguments, spec_from_args
-from gpo.optimize_display import RichProgress, refresh_forever
+from gpo.optimize_args import DATA_DIR_HELP, add_run_shape_arguments, spec_from_args
+from gpo.progress_display import (
+    ProgressDisplay,
+    add_progress_arguments,
+    display_mode,
+    progress_interval,
+)
+from gpo.progress_tracker import ProgressEvaluator, ProgressTracker, plan_task
 from gpo.reproduce_table import CellOutcome, build_table, rich_table, write_tables
 from gpo.resume import (
     describe_changes,
@@ -66,7 +73,7 @@ from gpo.resume import (
 from gpo.run_lock import RunLock
 from gpo.runner import now_iso
 from gpo.stop_signals import EXIT_TERMINATED, TerminationGuard
-from gpo.sweep import SWEEP_FILE, Cell, SweepDirectory, SweepRun, cell_arguments
+from gpo.sweep import SWEEP_FILE, Cell, SweepDirectory, SweepRun, cell_arguments, read_outcome
 from gpo.user_text import check_arguments
 
 EXIT_STOPPED = 3
@@ -93,12 +100,12 @@ def add_parser(subparsers: Any) -> None:
         metavar="N",
         help="seeds 0..N-1 per method and task (default 3, as the paper)",
     )
-    what.add_argument("--data-dir", metavar="PATH", help="benchmark data folder")
+    what.add_argument("--data-dir", metavar="PATH", help=DATA_DIR_HELP)
     what.add_argument("--initial-prompt", metavar="TEXT", help="default: Let's think step by step.")
     add_run_shape_arguments(parser, seed=False)
     run = parser.add_argument_group("sweep directory")
     run.add_argument(
-        "--sweep-dir", type=Path, metavar="DIR", help="default runs/TIMESTAMP-reproduce"
+        "--sweep-dir", type=Path, metavar="DIR", help="default: runs/TIMESTAMP-reproduce"
     )
     run.add_argument("--resume", type=Path, metavar="SWEEP_DIR", help="continue a stopped sweep")
     run.add_argument(
@@ -108,7 +115,7 @@ def add_parser(subparsers: Any) -> None:
         metavar="N",
         help="cells (runs) in parallel through the shared engines (default 4)",
     )
-    run.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_progress_arguments(run)
     add_endpoint_arguments(parser, "scorer")
     add_endpoint_arguments(parser, "optimizer")
     add_shared_arguments(parser)
@@ -209,6 +216,7 @@ def _prepare_resume(
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
+    progress_interval(args)  # a bad GPO_PROGRESS_INTERVAL is refused before any work
     sweep: SweepDirectory | None = None
     with TerminationGuard() as guard:
         try:
@@ -240,6 +248,20 @@ def _spent_message(args: argparse.Namespace, sweep: SweepDirectory) -> str | Non
     )
 
 
+def sweep_tracker(cells: list[Cell], sweep: SweepDirectory) -> ProgressTracker:
+    """A tracker with each cell's plan (by its label); cells finished earlier have none left."""
+    plans = {
+        cell.label: plan_task(cell.spec.optimizer, load_task(cell.task, cell.spec.data_dir))
+        for cell in cells
+    }
+    tracker = ProgressTracker("reproduce", plans)
+    for cell in cells:
+        if read_outcome(cell, sweep.cell_path(cell)).status == "finished":
+            tracker.tasks[cell.label].status = "finished"
+            tracker.tasks[cell.label].phase = "done"
+    return tracker
+
+
 def _run_locked(
     args: argparse.Namespace, cells: list[Cell], sweep: SweepDirectory, guard: TerminationGuard
 ) -> int:
@@ -250,7 +272,10 @@ def _run_locked(
         Console().print(stop, style="yellow", markup=False, soft_wrap=True)
         return EXIT_STOPPED
     console = Console(stderr=True)
-    progress = RichProgress(console, enabled=not args.no_progress and console.is_terminal)
+    tracker = sweep_tracker(cells, sweep)
+    display = ProgressDisplay(
+        tracker, console, display_mode(args, console), progress_interval(args)
+    )
     cache = None if args.no_cache else Path(args.cache or sweep.cache_path).absolute()
 
     def cell_config(cell: Cell) -> dict[str, Any]:
@@ -268,17 +293,22 @@ def _run_locked(
     async def main() -> list[CellOutcome]:
         guard.watch()
         async with open_engines(engine_set_from_args(args, ROLES, sweep.path)) as engines:
-            progress.engines = (engines["scorer"], engines["optimizer"])
-            refresher = asyncio.create_task(refresh_forever(progress))
+            tracker.engines = (engines["scorer"], engines["optimizer"])
+            refresher = asyncio.create_task(display.run_forever())
+
+            def scoring(cell: Cell) -> ProgressEvaluator:
+                inner = Evaluator(engines["scorer"], cell.spec.scoring)
+                return ProgressEvaluator(inner, tracker, key=cell.label)
+
             runner = SweepRun(
-                sweep, cells, engines, cell_config, args.cells_at_once, progress, cell_done
+                sweep, cells, engines, cell_config, args.cells_at_once, tracker, cell_done, scoring
             )
             try:
                 return await runner.run(resume)
             finally:
                 refresher.cancel()
 
-    with progress.progress:
+    with display:
         outcomes = run_async(main())
     seeds = list(range(args.seeds))
     methods = list(dict.fromkeys(cell.method for cell in cells))

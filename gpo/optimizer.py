@@ -61,7 +61,7 @@ from gpo.run_dir import TaskRecorder
 from gpo.selection import choose_next
 from gpo.step_plan import draw_format_indices, steps_per_epoch, total_steps
 from gpo.task_scoring import TaskScorer, sorted_records
-from gpo.trajectory import INITIAL_STEP, Trajectory, TrajectoryEntry
+from gpo.trajectory import INITIAL_STEP, Trajectory, TrajectoryEntry, shown_step
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +250,12 @@ class _TaskRun:
         self._record_meta(step, "update", meta_prompt, answers)
         candidates, dropped = parse_candidates(answers, self.known_scores)
         if dropped:
-            logger.info("task %s step %d: %d empty or repeated answers", self.name, step, dropped)
+            logger.info(
+                "task %s step %d: %d empty or repeated answers",
+                self.name,
+                shown_step(step),
+                dropped,
+            )
         new_prompts = [c.prompt for c in candidates if c.known_score is None]
         race = await self._score_candidates(step, new_prompts)
         # A candidate racing dropped has no full-dev score: it cannot be chosen (a survivor is
@@ -265,7 +270,7 @@ class _TaskRun:
             logger.warning(
                 "task %s step %d: the optimizer gave no usable prompt; keeping the current one",
                 self.name,
-                step,
+                shown_step(step),
             )
             chosen = (current.prompt, current.dev_score)
         entry = TrajectoryEntry(step, chosen[0], chosen[1])
@@ -400,7 +405,10 @@ class _TaskRun:
             if isinstance(failure, BudgetExhausted):
                 raise failure
             logger.warning(
-                "task %s step %d: a candidate request failed: %s", self.name, step, failure
+                "task %s step %d: a candidate request failed: %s",
+                self.name,
+                shown_step(step),
+                failure,
             )
         if not texts and failures:
             raise failures[0]
@@ -415,7 +423,9 @@ class _TaskRun:
                 request, priority=Priority.OPTIMIZER, phase=OPTIMIZING_PHASE
             )
         except RequestFailed:
-            logger.error("task %s step %d: the %s request failed", self.name, step, kind)
+            logger.error(
+                "task %s step %d: the %s request failed", self.name, shown_step(step), kind
+            )
             raise
         self._record_meta(step, kind, text, list(completion.texts))
         return completion.text

@@ -37,6 +37,7 @@ _OPERATIONAL_FLAGS = (
     "log_level",
     "resume",
     "dry_run",
+    "config",  # the file's values are checked one by one, as flags
     "data_dir",
     "run_dir",
     "tasks_at_once",
@@ -59,13 +60,15 @@ _OPERATIONAL_ROLE_FLAGS = (
     "rpm",
     "tpm",
     "gpu_hour_usd",
+    "routing",
 )
 RESUMABLE_CHANGES: tuple[str, ...] = _OPERATIONAL_FLAGS + tuple(
     f"{role}_{flag}" for role in ROLES for flag in _OPERATIONAL_ROLE_FLAGS
 )
 """Flags that may differ when a run is resumed; none changes what the run computes."""
 _UNRECORDED = ("no_progress", "log_level", "resume", "dry_run", "run_dir")
-_NOT_ARGUMENTS = ("resume", "command")
+# Not stored: they say how this session shows its work, never carried into a resumed one.
+_NOT_ARGUMENTS = ("resume", "command", "json", "progress_interval")
 
 
 def flag_name(key: str) -> str:

@@ -39,7 +39,7 @@ def add_scoring_arguments(group: Any) -> None:
         type=BoundedNumber(int, 0, MAX_SHOTS),
         default=0,
         metavar="K",
-        help="k-shot demonstrations",
+        help="k-shot demonstrations (default 0)",
     )
     group.add_argument(
         "--max-tokens",

@@ -145,6 +145,8 @@ class SweepRun:
     cells_at_once: int = 4
     listener: ProgressListener | None = None
     on_cell_done: Callable[[CellOutcome], None] | None = None
+    # The scoring evaluator of a cell (e.g. one that reports progress); None: the default one.
+    evaluator_for: Callable[[Cell], Any] | None = None
 
     async def run(self, resume: bool) -> list[CellOutcome]:
         """Every cell's outcome, in the order of `cells`; state and ledger written as it goes."""
@@ -224,6 +226,7 @@ class SweepRun:
                     optimizer=self.engines["optimizer"],
                     run_dir=run_dir,
                     listener=listener,
+                    evaluator=self.evaluator_for(cell) if self.evaluator_for else None,
                     resume=resume,
                     shared_ledger=True,
                 )

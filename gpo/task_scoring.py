@@ -24,6 +24,7 @@ from engine.racing import RacingSettings
 from gpo.interfaces import EvaluationOutcome, ScoringEvaluator
 from gpo.run_dir import TaskRecorder
 from gpo.task_view import TaskView
+from gpo.trajectory import shown_step
 
 logger = logging.getLogger(__name__)
 
@@ -140,16 +141,18 @@ class TaskScorer:
         for record in records:
             if record.failure is None:
                 answered[record.prompt_index] += 1
+        # Steps as users see them (the initial prompt is step 0); test scoring comes after all.
+        where = "test scoring" if split == "test" else f"step {shown_step(step)}"
         if min(answered) == 0:
             raise ScoringFailed(
-                f"task {self.name}, step {step}: no {split} sample of a prompt could be scored "
+                f"task {self.name}, {where}: no {split} sample of a prompt could be scored "
                 f"({len(failed)} of {prompts * samples} failed; first: {failed[0].failure}); "
                 "the finished work is saved, continue with --resume"
             )
         logger.warning(
-            "task %s step %d: %d of %d %s samples failed and are left out of the means",
+            "task %s, %s: %d of %d %s samples failed and are left out of the means",
             self.name,
-            step,
+            where,
             len(failed),
             prompts * samples,
             split,

@@ -3,6 +3,9 @@
 It starts with the initial prompt (step -1) and gains one entry per step. The trajectory is the
 analogue of momentum: the retrieval selectors choose which entries the meta-prompt shows. Scores
 are kept as fractions in [0, 1]; how they are printed is the meta-prompt's business.
+
+Files keep this numbering; what users see (reports, plots, logs) is `shown_step`: the initial
+prompt is step 0 and step k is the prompt after k optimisation steps.
 """
 
 from __future__ import annotations
@@ -11,6 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 INITIAL_STEP = -1
+
+
+def shown_step(step: int) -> int:
+    """The step number users see for trajectory step `step`: the initial prompt is step 0."""
+    return step - INITIAL_STEP
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,13 @@ if TYPE_CHECKING:
     from perf.servers import Endpoint
 
 ROLE = "scorer"
+KNOWN = "known"
+"""The window choice of the engine contender: the server's `max_num_seqs` is given (a managed
+vLLM knows it). The window contenders give instead "measured" (nothing configured: the window
+is found by measurement) or a number (`--scorer-concurrency N`, a hand-set window)."""
 
 
-def endpoint_spec(endpoint: Endpoint) -> EndpointSpec:
+def endpoint_spec(endpoint: Endpoint, window: int | str = KNOWN) -> EndpointSpec:
     """The engine contender's endpoint: a vLLM-like server's batch, or a hosted chat API's
     limits. The key comes from OPENAI_API_KEY (none for a local server without it)."""
     limits = endpoint.api_limits
@@ -30,7 +34,10 @@ def endpoint_spec(endpoint: Endpoint) -> EndpointSpec:
             role=ROLE,
             urls=(endpoint.base_url,),
             model=endpoint.model,
-            capabilities=Capabilities(max_concurrency=endpoint.max_num_seqs),
+            capabilities=Capabilities(
+                max_concurrency=endpoint.max_num_seqs if window == KNOWN else None
+            ),
+            concurrency=window if isinstance(window, int) else None,
             chat_template=endpoint.chat_template,
             probe=False,
         )
@@ -49,9 +56,12 @@ def endpoint_spec(endpoint: Endpoint) -> EndpointSpec:
 
 
 @contextlib.asynccontextmanager
-async def open_engine(endpoint: Endpoint, cache_path: Path | None) -> AsyncIterator[Engine]:
-    """The engine contender's engine, with its response cache in `cache_path` (None: none)."""
-    spec = EngineSetSpec((endpoint_spec(endpoint),), cache_path=cache_path)
+async def open_engine(
+    endpoint: Endpoint, cache_path: Path | None, window: int | str = KNOWN
+) -> AsyncIterator[Engine]:
+    """The engine contender's engine, with its response cache in `cache_path` (None: none)
+    and the `window` choice (see `KNOWN`)."""
+    spec = EngineSetSpec((endpoint_spec(endpoint, window),), cache_path=cache_path)
     async with open_engines(spec) as engines:
         yield engines[ROLE]
 

@@ -1,4 +1,4 @@
-"""The benchmark's workloads W1-W6: which rounds of (prompts x samples) each submits, on which
+"""The benchmark's workloads W1-W7: which rounds of (prompts x samples) each submits, on which
 server, against which contenders, and how it uses the response cache.
 
 Everything that sets one workload apart from another is a field of its `Workload`, so the
@@ -7,6 +7,7 @@ runner has no per-workload branches.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from benchmarks import load_reference_prompts
@@ -20,6 +21,17 @@ from perf.scales import (
 from perf.servers import API_REQUESTS_PER_MINUTE, API_TOKENS_PER_MINUTE
 
 VLLM_CONTENDERS = ("engine", "sequential", "gpo-vllm", "dspy-threads", "lm-eval", "async-openai")
+WINDOW_CONTENDERS = (
+    "engine",
+    "engine-auto",
+    "engine-w16",
+    "engine-w64",
+    "engine-w128",
+    "engine-w256",
+)
+"""W7: the engine told the server's batch (the reference), told nothing (its window found by
+measurement) and given hand-set windows (`perf.contenders.engine_windows`)."""
+WINDOW_STEPS = 3
 API_CONTENDERS = ("engine", "sequential", "dspy-threads", "lm-eval", "async-openai", "cookbook")
 """Hosted chat APIs take one conversation per call: the vLLM batch pattern has no counterpart
 there, and the cookbook's processor is the pattern made for them."""
@@ -88,9 +100,10 @@ def candidate_prompts(count: int, data_dir: str | None = None) -> list[str]:
 
 def build_workloads(scale: Scale, *, full: bool = False) -> dict[str, Workload]:
     """Every workload of this scale, keyed "W1" ... "W6" ("W5-1k" etc. for the W5 sizes)."""
-    pool = candidate_prompts(scale.candidates * scale.steps + 1)
+    pool = candidate_prompts(scale.candidates * max(scale.steps, WINDOW_STEPS) + 1)
     workloads = _step_workloads(scale, pool)
     workloads["W2"] = _optimisation_load(scale, pool)
+    workloads["W7"] = _window_workload(scale, pool)
     workloads.update(_zero_latency_workloads(scale, full))
     return workloads
 
@@ -135,6 +148,30 @@ def _optimisation_load(scale: Scale, pool: list[str]) -> Workload:
     )
 
 
+def _window_workload(scale: Scale, pool: list[str]) -> Workload:
+    """W7: three GPO steps in a row through one engine, on the 256-slot server (or the real
+    one), so that a window that must be found by measurement pays for finding it."""
+    count = scale.candidates
+    rounds = tuple(
+        ScoringRound(
+            f"step {step + 1}",
+            "eval",
+            tuple(pool[step * count : (step + 1) * count]),
+            scale.dev_samples,
+        )
+        for step in range(WINDOW_STEPS)
+    )
+    return Workload(
+        "W7",
+        "the window: none configured vs set by hand",
+        "h100",
+        rounds,
+        f"{WINDOW_STEPS} steps of {count} candidates x {scale.dev_samples} dev samples x 2 chat "
+        "turns; the engine with no window configured and with windows 16, 64, 128, 256",
+        contenders=WINDOW_CONTENDERS,
+    )
+
+
 def _zero_latency_workloads(scale: Scale, full: bool) -> dict[str, Workload]:
     """W5 at each size and W6, on the zero-service-time server."""
     sizes = scale.w5_sizes + ((FULL_SCALE_EXTRA_W5,) if full else ())
@@ -168,3 +205,16 @@ def _short_count(size: int) -> str:
     if size >= 1_000 and size % 1_000 == 0:
         return f"{size // 1_000}k"
     return str(size)
+
+
+def select_workloads(spec: str | None, available: Sequence[str]) -> tuple[str, ...]:
+    """The workloads `--workloads SPEC` names (W1 names every W1-* size), in `available`'s order."""
+    if not spec:
+        return tuple(available)
+    chosen: list[str] = []
+    for name in (part.strip().upper() for part in spec.split(",") if part.strip()):
+        matches = [key for key in available if key == name or key.startswith(name + "-")]
+        if not matches:
+            raise SystemExit(f"--workloads: unknown workload {name!r}; known: W1-W7")
+        chosen.extend(m for m in matches if m not in chosen)
+    return tuple(chosen)

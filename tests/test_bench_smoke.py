@@ -96,7 +96,7 @@ def test_rows_carry_every_figure_and_the_engines_answers_match(
 def test_bar_and_markdown(smoke_run: tuple[str, dict, str]) -> None:
     stdout, payload, markdown = smoke_run
     names = [line["name"] for line in payload["bar"]]
-    for prefix in ("W1", "W2", "W3", "W4", "W5", "W6"):
+    for prefix in ("W1", "W2", "W3", "W4", "W5", "W6", "W7"):
         assert any(name.startswith(prefix) for name in names), prefix
     assert "== Bar ==" in stdout
     bar_text = stdout.split("== Bar ==", 1)[1]
@@ -116,6 +116,9 @@ def test_workload_shapes_follow_the_issue() -> None:
         100_000,
         1_000_000,
     ]
+    w7 = workloads["W7"]
+    assert len(w7.rounds) == 3 and w7.scored_prompts == 3 * 8 * 48
+    assert {"engine-auto", "engine-w16", "engine-w256"} <= set(w7.contenders)
     prompts = candidate_prompts(200)
     assert len(set(prompts)) == 200
 

@@ -20,6 +20,8 @@ from backends.protocol import Backend, Capabilities, Completion, Message, Sampli
 from engine.endpoint_pool import EndpointPool
 
 PARAMS = SamplingParams(max_tokens=4)
+LEGACY = {"routing": "least-loaded", "resend": False}
+"""The least-loaded routing and cool-down mechanics, each failure surfacing (no re-send)."""
 
 
 class FakeClock:
@@ -98,7 +100,7 @@ def test_fake_backend_satisfies_the_protocol() -> None:
 
 async def test_calls_go_to_the_least_loaded_endpoint_in_turns() -> None:
     a, b = FakeBackend("a", gated=True), FakeBackend("b", gated=True)
-    pool = EndpointPool([a, b])
+    pool = EndpointPool([a, b], **LEGACY)
     tasks = [asyncio.create_task(pool.complete(["p"], PARAMS))]
     await settle()
     tasks.append(asyncio.create_task(pool.complete(["p"], PARAMS)))
@@ -122,7 +124,7 @@ async def test_calls_go_to_the_least_loaded_endpoint_in_turns() -> None:
 async def test_load_is_weighed_by_each_endpoint_capacity() -> None:
     big = FakeBackend("big", capabilities=Capabilities(max_concurrency=8), gated=True)
     small = FakeBackend("small", capabilities=Capabilities(max_concurrency=2), gated=True)
-    pool = EndpointPool([big, small])
+    pool = EndpointPool([big, small], **LEGACY)
     assert pool.capabilities.max_concurrency == 10
     tasks = []
     for _ in range(10):
@@ -138,7 +140,7 @@ async def test_a_failing_endpoint_is_dropped_for_the_cool_down() -> None:
     clock = FakeClock()
     a, b = FakeBackend("a"), FakeBackend("b")
     a.fail_with = ServerError("HTTP 503", endpoint="a", status=503)
-    pool = EndpointPool([a, b], cooldown_s=30.0, clock=clock)
+    pool = EndpointPool([a, b], **LEGACY, cooldown_s=30.0, clock=clock)
     with pytest.raises(ServerError):
         await pool.complete(["p"], PARAMS)
     assert pool.status()[0].cooldown_left_s == pytest.approx(30.0)
@@ -156,7 +158,7 @@ async def test_a_recovering_endpoint_gets_one_trial_call_at_a_time() -> None:
     clock = FakeClock()
     a, b = FakeBackend("a"), FakeBackend("b", gated=True)
     a.fail_with = ConnectionFailed("refused", endpoint="a")
-    pool = EndpointPool([a, b], cooldown_s=10.0, clock=clock)
+    pool = EndpointPool([a, b], **LEGACY, cooldown_s=10.0, clock=clock)
     with pytest.raises(ConnectionFailed):
         await pool.complete(["p"], PARAMS)
     clock.now += 11
@@ -177,7 +179,7 @@ async def test_a_failed_trial_doubles_the_cool_down_up_to_the_cap() -> None:
     clock = FakeClock()
     a, b = FakeBackend("a"), FakeBackend("b")
     a.fail_with = ServerError("HTTP 500", endpoint="a", status=500)
-    pool = EndpointPool([a, b], cooldown_s=10.0, max_cooldown_s=25.0, clock=clock)
+    pool = EndpointPool([a, b], **LEGACY, cooldown_s=10.0, max_cooldown_s=25.0, clock=clock)
     expected = [10.0, 20.0, 25.0]
     for cool_down in expected:
         with pytest.raises(ServerError):
@@ -190,7 +192,7 @@ async def test_a_failed_trial_doubles_the_cool_down_up_to_the_cap() -> None:
 async def test_calls_in_flight_when_dropped_do_not_lengthen_the_cool_down() -> None:
     clock = FakeClock()
     a, b = FakeBackend("a", gated=True), FakeBackend("b", gated=True)
-    pool = EndpointPool([a, b], cooldown_s=10.0, clock=clock)
+    pool = EndpointPool([a, b], **LEGACY, cooldown_s=10.0, clock=clock)
     tasks = []
     for _ in range(6):
         tasks.append(asyncio.create_task(pool.complete(["p"], PARAMS)))
@@ -210,7 +212,7 @@ async def test_calls_in_flight_when_dropped_do_not_lengthen_the_cool_down() -> N
 async def test_errors_that_are_the_request_fault_keep_the_endpoint() -> None:
     a, b = FakeBackend("a"), FakeBackend("b")
     a.fail_with = ContextLengthExceeded("prompt too long", endpoint="a", status=400)
-    pool = EndpointPool([a, b], cooldown_s=10.0, clock=FakeClock())
+    pool = EndpointPool([a, b], **LEGACY, cooldown_s=10.0, clock=FakeClock())
     with pytest.raises(ContextLengthExceeded):
         await pool.complete(["p"], PARAMS)
     status = pool.status()[0]
@@ -221,7 +223,7 @@ async def test_rate_limited_endpoint_pauses_for_retry_after() -> None:
     clock = FakeClock()
     a, b = FakeBackend("a"), FakeBackend("b")
     a.fail_with = RateLimited("slow down", endpoint="a", retry_after=4.0)
-    pool = EndpointPool([a, b], cooldown_s=30.0, clock=clock)
+    pool = EndpointPool([a, b], **LEGACY, cooldown_s=30.0, clock=clock)
     with pytest.raises(RateLimited):
         await pool.complete(["p"], PARAMS)
     assert pool.status()[0].cooldown_left_s == pytest.approx(4.0)
@@ -231,7 +233,7 @@ async def test_rate_limited_endpoint_pauses_for_retry_after() -> None:
 async def test_when_every_endpoint_cools_down_the_first_to_recover_is_used() -> None:
     clock = FakeClock()
     a, b = FakeBackend("a"), FakeBackend("b")
-    pool = EndpointPool([a, b], cooldown_s=10.0, clock=clock)
+    pool = EndpointPool([a, b], **LEGACY, cooldown_s=10.0, clock=clock)
     b.fail_with = ServerError("down", endpoint="b", status=500)
     a.fail_with = ServerError("down", endpoint="a", status=500)
     with pytest.raises(ServerError):
@@ -271,7 +273,7 @@ async def test_close_closes_every_endpoint() -> None:
 async def test_many_concurrent_calls_balance_and_leave_nothing_outstanding() -> None:
     rng = random.Random(7)
     backends = [FakeBackend(name) for name in "abc"]
-    pool = EndpointPool(backends)
+    pool = EndpointPool(backends, **LEGACY)
 
     async def one(i: int) -> str:
         backends[i % 3].delay_s = rng.uniform(0.0, 0.003)

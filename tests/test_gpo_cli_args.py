@@ -11,7 +11,8 @@ from rich.console import Console
 
 from backends.errors import ConfigError
 from gpo.optimize_args import build_optimize_parser, optimizer_config_from_args, spec_from_args
-from gpo.optimize_display import RichProgress
+from gpo.progress_display import ProgressDisplay
+from gpo.progress_tracker import ProgressTracker, WorkPlan
 from gpo.resume import resumed_arguments, stored_arguments
 from gpo.schedules import WordBudgetSchedule
 from tests.gpo_fakes import DATA_DIR
@@ -111,7 +112,7 @@ def test_resumed_arguments_keep_the_run_and_accept_a_new_budget(tmp_path: Path) 
         resumed_arguments(clash, stored, parser)
 
 
-def test_progress_shows_step_best_dev_tokens_dollars_and_rate() -> None:
+def test_progress_shows_step_best_dev_tokens_dollars_and_eta() -> None:
     class Ledger:
         def snapshot(self) -> dict:
             return {"rows": [], "totals": {"total_tokens": 12345, "cost_usd": 0.5, "requests": 10}}
@@ -119,16 +120,27 @@ def test_progress_shows_step_best_dev_tokens_dollars_and_rate() -> None:
     class EngineStub:
         ledger = Ledger()
 
+    clock = [0.0]
+    tracker = ProgressTracker(
+        "optimize", {"bbh/navigate": WorkPlan(8, 40, 18, 16)}, clock=lambda: clock[0]
+    )
+    tracker.engines = (EngineStub(),)
     buffer = io.StringIO()
-    console = Console(file=buffer, force_terminal=True, width=160)
-    progress = RichProgress(console, enabled=True)
-    progress.engines = (EngineStub(),)
-    with progress.progress:
-        progress.task_started("bbh/navigate", 18)
-        progress.refresh_usage()
-        progress.step_finished("bbh/navigate", 0, 18, 0.5625)
-        progress.progress.refresh()
+    console = Console(file=buffer, force_terminal=True, width=200)
+    display = ProgressDisplay(tracker, console, "bars")
+    with display:
+        tracker.task_started("bbh/navigate", 18)
+        display.tick()
+        tracker.evaluation_started("bbh/navigate", "eval", 8)
+        for _ in range(8):
+            tracker.item_scored("bbh/navigate")
+        tracker.evaluation_finished("bbh/navigate")
+        tracker.step_finished("bbh/navigate", 0, 18, 0.5625)
+        clock[0] = 10.0
+        display.tick()
+        display.progress.refresh()
     text = buffer.getvalue()
-    assert "bbh/navigate" in text and "1/18" in text
+    assert "bbh/navigate" in text and "step 2/18" in text
     assert "best dev 56.2" in text
-    assert "12,345 tok" in text and "$0.5000" in text and "req/s" in text
+    assert "10 calls" in text and "12.3k tokens" in text and "$0.5000" in text
+    assert "ETA" in text and "ETA ?" not in text.rsplit("bbh/navigate", 1)[-1]

@@ -8,6 +8,7 @@ from perf.contenders import (
     cookbook,
     dspy_threads,
     engine,
+    engine_windows,
     gpo_vllm,
     lm_eval,
     sequential,
@@ -21,5 +22,6 @@ CONTENDERS: dict[str, Contender] = {
     module.CONTENDER.name: module.CONTENDER
     for module in (engine, sequential, gpo_vllm, dspy_threads, lm_eval, async_openai, cookbook)
 }
+CONTENDERS.update((contender.name, contender) for contender in engine_windows.CONTENDERS)
 
 __all__ = ["CONTENDERS", "REFERENCE", "Contender", "RunContext", "Transcript"]

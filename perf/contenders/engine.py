@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from perf.contenders.base import Contender, RunContext, run_async
-from perf.engines import open_engine
+from perf.engines import KNOWN, open_engine
 from perf.rounds import PromptGroup
 
 if TYPE_CHECKING:
@@ -21,11 +21,12 @@ def run_engine(ctx: RunContext) -> None:
     run_async(_engine_rounds(ctx), uvloop_loop=True)
 
 
-async def _engine_rounds(ctx: RunContext) -> None:
+async def _engine_rounds(ctx: RunContext, window: int | str = KNOWN) -> None:
+    """Every round through one engine whose window is `window` (`perf.engines.KNOWN`)."""
     from engine.evaluator import Evaluator, EvaluatorSettings
 
     cache_path = Path(ctx.cache_path) if ctx.cache_path else None
-    async with open_engine(ctx.endpoint, cache_path) as engine:
+    async with open_engine(ctx.endpoint, cache_path, window) as engine:
         evaluator = Evaluator(engine, EvaluatorSettings(layout=ctx.layout))
         for plan in ctx.rounds:
             if ctx.chains_done and ctx.out_of_time():
