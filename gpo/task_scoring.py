@@ -19,6 +19,7 @@ import numpy as np
 from backends.errors import ConfigError, GpoError
 from benchmarks.sample import Sample
 from engine.budget import BudgetExhausted
+from engine.evaluator import Evaluator
 from engine.race_runner import RaceOutcome, race_prompts
 from engine.racing import RacingSettings
 from gpo.interfaces import EvaluationOutcome, ScoringEvaluator
@@ -105,10 +106,14 @@ class TaskScorer:
         """Race `prompts` on the dev `samples`: the full-dev mean of each survivor (None for a
         candidate racing dropped), and what racing did. Records go to the scores file with
         purpose "candidates", partial rows of dropped candidates included."""
-        if not hasattr(self.evaluator, "_score_one"):
-            raise ConfigError("--racing needs the engine's evaluator (engine.evaluator.Evaluator)")
         view = TaskView(self.task, {"eval": samples})
-        result, outcome = await race_prompts(self.evaluator, view, prompts, "eval", settings)  # type: ignore[arg-type]
+        racer = getattr(self.evaluator, "race", None)
+        if callable(racer):  # a wrapper (progress) that races through the evaluator it wraps
+            result, outcome = await racer(view, prompts, "eval", settings)
+        elif isinstance(self.evaluator, Evaluator):
+            result, outcome = await race_prompts(self.evaluator, view, prompts, "eval", settings)
+        else:
+            raise ConfigError("--racing needs the engine's evaluator (engine.evaluator.Evaluator)")
         if result.budget_exhausted:
             raise BudgetExhausted(result.budget_exhausted)
         records = sorted_records(result, samples)
