@@ -155,6 +155,7 @@ class _TaskRun:
             raise ConfigError(f"task {self.name}: the dev (eval) split is empty")
         self.trajectory = Trajectory()
         self.known_scores: dict[str, float] = {}
+        self.racing_steps: list[dict[str, Any]] = []
         self.word_budgets: list[int | None] = []
         self.problem_momentum: str | None = None
         self.summary_entry: TrajectoryEntry | None = None
@@ -293,6 +294,16 @@ class _TaskRun:
         # Each step visits the dev samples in its own order, fixed by the run's seed and the step.
         settings = dataclasses.replace(racing, seed=self.config.seed * 100_003 + step + 1)
         means, outcome = await self.scorer.race(self.dev, new_prompts, step, settings)
+        self.racing_steps.append(
+            {
+                "step": step,
+                "chains_scored": outcome.chains_scored,
+                "chains_full": outcome.chains_full,
+                "dropped": len(outcome.dropped_at),
+                "delta": outcome.delta,
+                "epsilon": outcome.epsilon,
+            }
+        )
         for prompt, mean in zip(new_prompts, means, strict=True):
             if mean is not None:
                 self.known_scores[prompt] = mean
@@ -485,6 +496,7 @@ class _TaskRun:
             word_budgets=tuple(self.word_budgets),
             test_by_step=tuple(test_by_step),
             wall_time_s=time.monotonic() - self.started,
+            racing_steps=tuple(self.racing_steps),
         )
 
     def _record_trajectory(

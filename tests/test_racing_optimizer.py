@@ -14,6 +14,8 @@ from engine.racing import RacingSettings
 from gpo.config import OptimizerConfig
 from gpo.methods import config_for_method
 from gpo.optimize_args import build_optimize_parser, optimizer_config_from_args
+from gpo.optimize_display import racing_line
+from gpo.report import write_report
 from gpo.run_dir import RunDirectory
 from gpo.runner import RunSpec, run_optimization
 from tests.gpo_fakes import DATA_DIR, FakeOptimizer, FakeScorer
@@ -42,7 +44,7 @@ async def test_racing_chooses_as_full_scoring_does_with_fewer_chains(tmp_path: P
     plain = config_for_method("gpo", **SIZES)
     raced = plain.replace(racing=RacingSettings())
     await run(tmp_path / "plain", plain)
-    await run(tmp_path / "raced", raced)
+    summary = await run(tmp_path / "raced", raced)
     plain_steps = task_log(tmp_path / "plain", "trajectory")
     raced_steps = task_log(tmp_path / "raced", "trajectory")
     assert [r["prompt"] for r in raced_steps] == [r["prompt"] for r in plain_steps]
@@ -60,6 +62,11 @@ async def test_racing_chooses_as_full_scoring_does_with_fewer_chains(tmp_path: P
     assert drops and all(d["after_samples"] < 48 for d in drops)
     config = orjson.loads((tmp_path / "raced" / "config.json").read_bytes())
     assert config["optimizer"]["racing"]["delta"] == 0.05
+    (task,) = summary["tasks"]
+    assert sum(s["chains_full"] - s["chains_scored"] for s in task["racing"]) == saved
+    assert f"{saved:,} saved" in (racing_line(summary["tasks"]) or "")
+    _, markdown = write_report([tmp_path / "raced"])
+    assert "### Candidate racing" in markdown.read_text()
 
 
 @pytest.mark.asyncio
@@ -67,6 +74,10 @@ async def test_racing_off_writes_nothing_about_racing(tmp_path: Path) -> None:
     await run(tmp_path / "plain", config_for_method("gpo", **{**SIZES, "steps": 1}))
     config = orjson.loads((tmp_path / "plain" / "config.json").read_bytes())
     assert "racing" not in config["optimizer"]
+    result = orjson.loads(
+        (tmp_path / "plain" / "tasks" / "bbh__navigate" / "result.json").read_bytes()
+    )
+    assert "racing" not in result
     for name in ("trajectory", "candidates"):
         rows = task_log(tmp_path / "plain", name)
         assert all("racing" not in r and "raced" not in r for r in rows)
