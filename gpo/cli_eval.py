@@ -35,6 +35,7 @@ from gpo.endpoint_flags import (
 )
 from gpo.endpoints import open_engines
 from gpo.eval_job import EvalJob, check_out_dir, ensure_writable_dir, fresh_dir, run_eval_job
+from gpo.local_server import settle_local_server
 from gpo.run_servers import resume_hint
 from gpo.scoring_flags import add_scoring_arguments, scoring_settings
 from gpo.scoring_rules import ScoringRules
@@ -170,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n".join(list_task_names(args.data_dir)) + "\n")
         return 0
     job = build_job(args)
+    settle_local_server(args, ["scorer"], command="gpo eval")
     if args.out is not None:
         check_out_dir(args.out, overwrite=args.overwrite)
     out_dir = ensure_writable_dir(

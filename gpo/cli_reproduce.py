@@ -52,6 +52,7 @@ from gpo.endpoint_flags import (
 from gpo.endpoint_flags import spec_from_args as engine_set_from_args
 from gpo.endpoints import open_engines
 from gpo.ledger_view import run_totals
+from gpo.local_server import settle_local_server
 from gpo.methods import METHODS
 from gpo.optimize_args import add_run_shape_arguments, spec_from_args
 from gpo.optimize_display import RichProgress, refresh_forever
@@ -158,6 +159,7 @@ def _prepare_new(
     if found.is_dir():
         args.data_dir = str(found)
     cells = plan_cells(args)
+    settle_local_server(args, ROLES, command="gpo reproduce")  # kept in the sweep's arguments
     path = args.sweep_dir or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-reproduce"
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise ConfigError(
@@ -198,6 +200,7 @@ def _prepare_resume(
     for role in ROLES:
         setattr(merged, f"{role}_url_identities", url_identities(stored, merged, role))
     cells = plan_cells(merged)
+    settle_local_server(merged, ROLES, stored=stored, command="gpo reproduce")
     changes = resume_changes(stored, merged)
     if changes:
         print(f"gpo reproduce: resuming {path} with: {describe_changes(changes)}", file=sys.stderr)
