@@ -158,8 +158,8 @@ def _prepare_new(
     found = resolve_data_dir(args.data_dir)
     if found.is_dir():
         args.data_dir = str(found)
+    settle_local_server(args, ROLES, command="gpo reproduce")  # kept in every cell's arguments
     cells = plan_cells(args)
-    settle_local_server(args, ROLES, command="gpo reproduce")  # kept in the sweep's arguments
     path = args.sweep_dir or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-reproduce"
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise ConfigError(
@@ -199,8 +199,8 @@ def _prepare_resume(
     merged.data_dir = str(resolve_data_dir(merged.data_dir))
     for role in ROLES:
         setattr(merged, f"{role}_url_identities", url_identities(stored, merged, role))
-    cells = plan_cells(merged)
     settle_local_server(merged, ROLES, stored=stored, command="gpo reproduce")
+    cells = plan_cells(merged)
     changes = resume_changes(stored, merged)
     if changes:
         print(f"gpo reproduce: resuming {path} with: {describe_changes(changes)}", file=sys.stderr)
