@@ -35,6 +35,7 @@ from gpo.endpoint_flags import (
 from gpo.endpoints import open_engines
 from gpo.eval_job import EvalJob, check_out_dir, ensure_writable_dir, fresh_dir, run_eval_job
 from gpo.json_output import eval_json, interrupted_json, write_json
+from gpo.local_server import settle_local_server
 from gpo.optimize_args import DATA_DIR_HELP
 from gpo.progress_display import (
     ProgressDisplay,
@@ -205,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     interval = progress_interval(args)
     job = build_job(args)
+    settle_local_server(args, ["scorer"], command="gpo eval")
     if args.out is not None:
         check_out_dir(args.out, overwrite=args.overwrite)
     out_dir = ensure_writable_dir(

@@ -46,8 +46,11 @@ from gpo.run_servers import (
 )
 
 
-def _record(run_dir: Path, role: str, server: Any, backend: Backend) -> None:
-    """Print and keep which server `role` uses (a managed one's own description, or the URL)."""
+def _record(
+    run_dir: Path, role: str, server: Any, backend: Backend, origin: str | None = None
+) -> None:
+    """Print and keep which server `role` uses (a managed one's own description, or the URL),
+    and why when the command chose it (`origin`)."""
     url = getattr(backend, "base_url", None)
     if url is None:  # a pool: every endpoint's identity names its URL
         url = ", ".join(status.identity for status in getattr(backend, "status", tuple)())
@@ -63,6 +66,7 @@ def _record(run_dir: Path, role: str, server: Any, backend: Backend) -> None:
         log_path=getattr(process, "log_path", None),
         version=getattr(server, "version", None),
         facts=getattr(backend, "server_facts", None) if server is None else None,
+        origin=origin,
     )
 
 
@@ -85,7 +89,7 @@ async def open_engines(spec: EngineSetSpec) -> AsyncIterator[dict[str, Engine]]:
                 backend = await stack.enter_async_context(open_backend(endpoint, context))
                 if spec.log_dir is not None:  # a CLI run: say which server each role uses
                     server = context.servers.get(endpoint.role)
-                    _record(spec.log_dir, endpoint.role, server, backend)
+                    _record(spec.log_dir, endpoint.role, server, backend, endpoint.origin)
                 if endpoint.gpu_hour_usd is not None:
                     prices.set(backend.model, ModelPrice(gpu_hour_usd=endpoint.gpu_hour_usd))
                 if not spec.shared_ledger and engines:

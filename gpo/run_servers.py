@@ -3,7 +3,10 @@
 A run's numbers mean little without knowing what answered them: the embedded llama.cpp model, a
 managed vLLM (CPU build or `vllm serve`, which version), or a URL the user gave. Each session
 appends one JSON line per role to `servers.jsonl` (a resumed run adds its own lines) and prints
-`gpo: ROLE: DESCRIPTION` on stderr. URLs are shown without credentials or query strings.
+`gpo: ROLE: DESCRIPTION` on stderr, with why when the command chose it (the embedded model's
+local server, `gpo.local_server`: e.g. "local server vllm: vLLM's CPU build is installed and this
+CPU runs it (AVX-512 BF16)", kept as `origin`). URLs are shown without credentials or query
+strings.
 
 A server the run started that dies mid-run (killed, out of memory) otherwise surfaces as "cannot
 connect" to a port the user never chose; `server_died_error` turns that into an error naming the
@@ -47,12 +50,15 @@ def record_server(
     log_path: Path | None = None,
     version: str | None = None,
     facts: dict[str, Any] | None = None,
+    origin: str | None = None,
 ) -> None:
-    """Say on stderr which server `role` uses, and append it to the run's `servers.jsonl`;
-    `facts`: what the server said about itself (`engine.server_discovery`)."""
+    """Say on stderr which server `role` uses (and why, `origin`, when the command chose it),
+    and append it to the run's `servers.jsonl`; `facts`: what the server said about itself
+    (`engine.server_discovery`)."""
     where = f"; log {log_path}" if log_path is not None else ""
     learned = f" ({_facts_line(facts)})" if facts else ""
-    print(f"gpo: {role}: {description}{learned}{where}", file=sys.stderr, flush=True)
+    why = f" [{origin}]" if origin else ""
+    print(f"gpo: {role}: {description}{learned}{why}{where}", file=sys.stderr, flush=True)
     if run_dir is None:
         return
     entry = {
@@ -64,6 +70,7 @@ def record_server(
         "model": model,
         "version": version,
         "log": str(log_path) if log_path is not None else None,
+        "origin": origin,
     }
     if facts:
         entry["server"] = facts
