@@ -64,7 +64,7 @@ class RacingSettings:
 
     delta: float = 0.05
     epsilon: float | None = None  # None: one sample's worth, 1 / N
-    round_size: int = 8
+    round_size: int = 4
     seed: int = 0
 
     def epsilon_for(self, sample_count: int) -> float:
