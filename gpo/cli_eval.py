@@ -35,6 +35,7 @@ from gpo.endpoint_flags import (
 from gpo.endpoints import open_engines
 from gpo.eval_job import EvalJob, check_out_dir, ensure_writable_dir, fresh_dir, run_eval_job
 from gpo.json_output import eval_json, interrupted_json, write_json
+from gpo.ledger_view import of_which
 from gpo.optimize_args import DATA_DIR_HELP
 from gpo.progress_display import (
     ProgressDisplay,
@@ -306,7 +307,8 @@ def print_summary(summary: dict[str, Any], out_dir: Path, console: Console | Non
     totals = summary["ledger"]["totals"]
     console.print(
         f"requests {totals['requests']} (cache hits {totals['cache_hits']}), "
-        f"tokens {totals['prompt_tokens']} prompt + {totals['completion_tokens']} completion, "
+        f"tokens {totals['prompt_tokens']} prompt{of_which(totals)} + "
+        f"{totals['completion_tokens']} completion, "
         f"${totals['cost_usd']:.4f}, failures {summary['failures']}"
         + (f" {totals['failures_by_kind']}" if totals["failures_by_kind"] else "")
         + ", "

@@ -168,3 +168,17 @@ async def test_whole_run_on_the_simulated_api_costs_the_bill_of_the_servers_usag
     assert totals["cached_prompt_tokens"] == cached
     assert round(totals["cost_usd"], 2) == round(bill, 2)
     assert totals["cost_usd"] == pytest.approx(bill, abs=1e-6)
+
+
+def test_reports_show_cached_and_reasoning_tokens_per_phase():
+    from gpo.json_output import cost_block
+    from gpo.ledger_view import of_which
+
+    snapshot = ledger_with_four_calls().snapshot()
+    block = cost_block(snapshot["totals"], [snapshot])
+    assert block["cached_prompt_tokens"] == 130_000 and block["reasoning_tokens"] == 25_000
+    assert block["by_phase"]["scoring"]["cached_prompt_tokens"] == 80_000
+    assert block["by_phase"]["optimizing"]["reasoning_tokens"] == 25_000
+    assert block["by_phase"]["testing"]["batch_prompt_tokens"] == 200_000
+    line = of_which(snapshot["totals"])
+    assert "130,000 cached" in line and "25,000 reasoning" in line
