@@ -122,6 +122,12 @@ def add_parser(subparsers: Any) -> None:
         help="print the final summary as one JSON object on stdout (fields: "
         "docs/json-output.md); the table goes to stderr",
     )
+    output.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the expected calls, tokens and dollars (cached prompt tokens counted) and "
+        "exit without sending a request",
+    )
     add_progress_arguments(output)
     add_scoring_arguments(parser)
     add_endpoint_arguments(parser, "scorer")
@@ -206,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     interval = progress_interval(args)
     job = build_job(args)
+    if args.dry_run:
+        return _dry_run(job, args)
     if args.out is not None:
         check_out_dir(args.out, overwrite=args.overwrite)
     out_dir = ensure_writable_dir(
@@ -249,6 +257,18 @@ def run(args: argparse.Namespace) -> int:
             )
             return EXIT_TERMINATED
     return _finish(args, summary, out_dir)
+
+
+def _dry_run(job: EvalJob, args: argparse.Namespace) -> int:
+    from gpo.dry_run import estimate_eval, print_estimates
+
+    estimates = estimate_eval(job, args)
+    if args.json:
+        tasks = {task: estimate.to_json() for task, estimate in estimates.items()}
+        write_json({"command": "eval", "status": "dry_run", "exit_code": 0, "estimates": tasks})
+    else:
+        print_estimates(estimates)
+    return 0
 
 
 def _finish(args: argparse.Namespace, summary: dict[str, Any], out_dir: Path) -> int:

@@ -468,6 +468,54 @@ def estimate_for_config(
     )
 
 
+def estimate_evaluation_cost(
+    task: Task,
+    prompts: Sequence[str],
+    *,
+    splits: Sequence[str] = ("test",),
+    limit: int | None = None,
+    layout: PromptLayout | None = None,
+    first_turn_max_tokens: int = 256,
+    follow_up_max_tokens: int = 100,
+    first_turn_output_tokens: float = DEFAULT_FIRST_TURN_OUTPUT_TOKENS,
+    tokenizer: Tokenizer = approximate_tokens,
+    chat_template: str | None = None,
+    scorer_model: str | None = None,
+    prices: PriceTable | None = None,
+    prompt_cache: PromptCacheRule = OPENAI_CACHE,
+    batch: bool = False,
+) -> CostEstimate:
+    """The expected calls, tokens and dollars of `gpo eval`: every prompt on every split's first
+    `limit` samples (both turns), cached prefixes counted; `batch`: all of it at batch rates."""
+    renderer = _Renderer(tokenizer, chat_template)
+    layout = layout or PromptLayout()
+    parts = []
+    for split in splits:
+        samples = task.split(split)[:limit]
+        targets = [sample.target for sample in samples] or [""]
+        follow_up = sum(max(1, tokenizer(t)) for t in targets) / len(targets)
+        for prompt in prompts:
+            chain = _chain_cost(
+                task,
+                samples,
+                prompt,
+                layout,
+                renderer,
+                min(first_turn_output_tokens, first_turn_max_tokens),
+                min(follow_up, follow_up_max_tokens),
+                prompt_cache,
+            )
+            parts.append((chain, 1))
+    nothing = _ChainCost(0, 0.0, 0.0)
+    return _estimate(
+        (nothing, _repeated(parts)),
+        nothing,
+        (scorer_model, None),
+        prices or PriceTable(),
+        batch,
+    )
+
+
 def _candidate_text(initial_prompt: str, words: float) -> str:
     """A stand-in for a future candidate: the initial prompt's words, repeated to length."""
     base = initial_prompt.split() or ["Answer"]

@@ -1,4 +1,5 @@
-"""`gpo optimize --dry-run`: the expected calls, tokens and dollars of a run, before any call.
+"""`gpo optimize --dry-run` and `gpo eval --dry-run`: the expected calls, tokens and dollars of
+a run, before any call.
 
 Dollars count the prompt tokens a hosted provider's prompt cache is expected to serve (at the
 price table's cached-input rate, OpenAI's caching rule) and, with `--batch-api`, the test
@@ -15,7 +16,7 @@ from rich.table import Table
 
 from benchmarks import load_task
 from engine.prices import PriceTable
-from gpo.cost_estimate import CostEstimate, estimate_for_config
+from gpo.cost_estimate import CostEstimate, estimate_evaluation_cost, estimate_for_config
 from gpo.runner import RunSpec
 
 
@@ -37,6 +38,28 @@ def estimate_run(spec: RunSpec, args: argparse.Namespace) -> dict[str, CostEstim
     return {
         name: estimate_for_config(load_task(name, spec.data_dir), spec.optimizer, **options)
         for name in spec.tasks
+    }
+
+
+def estimate_eval(job: Any, args: argparse.Namespace) -> dict[str, CostEstimate]:
+    """One estimate per task of a `gpo eval` job (a `gpo.eval_job.EvalJob`)."""
+    prices = PriceTable.from_file(args.prices) if getattr(args, "prices", None) else PriceTable()
+    settings = job.settings
+    return {
+        name: estimate_evaluation_cost(
+            load_task(name, job.data_dir),
+            prompts,
+            splits=job.splits,
+            limit=job.limit,
+            layout=settings.layout,
+            first_turn_max_tokens=settings.first_turn.max_tokens,
+            follow_up_max_tokens=settings.follow_up.max_tokens,
+            chat_template=getattr(args, "scorer_chat_template", None),
+            scorer_model=getattr(args, "scorer_model", None),
+            prices=prices,
+            batch=bool(getattr(args, "batch_api", False)),
+        )
+        for name, prompts in job.prompts_by_task.items()
     }
 
 

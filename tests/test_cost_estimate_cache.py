@@ -67,3 +67,25 @@ def test_check_estimate_is_within_ten_percent_of_the_ledger_dollars_with_caching
     assert abs(check.error("usd")) <= 0.10, check.describe()
     assert abs(check.error("cached_prompt_tokens")) <= 0.10, check.describe()
     assert check.within(0.10)
+
+
+def test_eval_dry_run_counts_every_chain_and_sends_nothing():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import orjson
+
+    repo = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "gpo", "eval", "--task", "bbh/navigate", "--limit", "8"]
+    command += ["--prompt", "Think.", "--prompt", "Answer.", "--dry-run", "--json"]
+    # A scorer URL where nothing listens: a dry run must not call it.
+    command += ["--scorer-url", "http://127.0.0.1:9/v1", "--scorer-model", "gpt-4o-mini"]
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    payload = orjson.loads(done.stdout)
+    assert payload["status"] == "dry_run"
+    estimate = payload["estimates"]["bbh/navigate"]
+    # two prompts on 8 test samples, two chat turns each
+    assert estimate["scorer_calls"] == 2 * 8 * 2 and estimate["optimizer_calls"] == 0
+    assert estimate["usd"] > 0 and estimate["cached_prompt_tokens"] >= 0
