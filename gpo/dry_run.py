@@ -70,7 +70,7 @@ def print_estimates(estimates: dict[str, CostEstimate]) -> None:
         "scorer calls",
         "optimizer calls",
         "prompt tokens",
-        "of which cached",
+        "cached",
         "completion tokens",
         "$",
     )
