@@ -263,18 +263,14 @@ def estimate_optimization_cost(
     (prompts grow from the first towards the last). `config` supplies the meta-prompt's settings
     (trajectory size, word budgets, format examples, score scale); `None` means GPO's defaults.
     `prompt_cache` is the provider's caching rule; `batch`: the test evaluations go through a
-    Batch API and are priced at its rates.
-    """
+    Batch API (priced at its rates)."""
     config = config or OptimizerConfig()
     layout = layout or PromptLayout(position=config.instruction_position)
     dev = task.split("eval")[:dev_size]
     test = task.split("test")[:test_size] if test_prompts else ()
     renderer = _Renderer(tokenizer, chat_template)
     if follow_up_output_tokens is None:
-        targets = [sample.target for sample in dev] or [""]
-        follow_up_output_tokens = sum(max(1, tokenizer(t)) for t in targets) / len(targets)
-    first_turn_output_tokens = min(first_turn_output_tokens, first_turn_max_tokens)
-    follow_up_output_tokens = min(follow_up_output_tokens, follow_up_max_tokens)
+        follow_up_output_tokens = _mean_target_tokens(dev, tokenizer)
     if candidate_prompt_words is None:
         candidate_prompt_words = (len(initial_prompt.split()) + REFERENCE_RUN_PROMPT_WORDS) / 2
     candidate = _candidate_text(initial_prompt, candidate_prompt_words)
@@ -283,16 +279,16 @@ def estimate_optimization_cost(
         task,
         layout=layout,
         renderer=renderer,
-        first_turn_output_tokens=first_turn_output_tokens,
-        follow_up_output_tokens=follow_up_output_tokens,
+        first_turn_output_tokens=min(first_turn_output_tokens, first_turn_max_tokens),
+        follow_up_output_tokens=min(follow_up_output_tokens, follow_up_max_tokens),
         cache=prompt_cache,
     )
-    scorer_dev = _repeated(
+    dev_cost = _repeated(
         [(chains(dev, initial_prompt), 1), (chains(dev, candidate), steps * candidates)]
     )
-    scorer_test = _repeated(
+    test_cost = _repeated(
         [
-            (chains(test, initial_prompt), 1 if test_prompts else 0),
+            (chains(test, initial_prompt), min(1, test_prompts)),
             (chains(test, candidate), max(0, test_prompts - 1)),
         ]
     )
@@ -309,13 +305,8 @@ def estimate_optimization_cost(
         multiple_choices=multiple_choices,
         cache=prompt_cache,
     )
-    return _estimate(
-        (scorer_dev, scorer_test),
-        optimizer,
-        (scorer_model, optimizer_model),
-        prices or PriceTable(),
-        batch,
-    )
+    models = (scorer_model, optimizer_model)
+    return _estimate((dev_cost, test_cost), optimizer, models, prices or PriceTable(), batch)
 
 
 def _estimate(
@@ -492,8 +483,7 @@ def estimate_evaluation_cost(
     parts = []
     for split in splits:
         samples = task.split(split)[:limit]
-        targets = [sample.target for sample in samples] or [""]
-        follow_up = sum(max(1, tokenizer(t)) for t in targets) / len(targets)
+        follow_up = _mean_target_tokens(samples, tokenizer)
         for prompt in prompts:
             chain = _chain_cost(
                 task,
@@ -514,6 +504,12 @@ def estimate_evaluation_cost(
         prices or PriceTable(),
         batch,
     )
+
+
+def _mean_target_tokens(samples: Sequence[Sample], tokenizer: Tokenizer) -> float:
+    """The expected length of a pinned second answer: the gold answers' mean, in tokens."""
+    targets = [sample.target for sample in samples] or [""]
+    return sum(max(1, tokenizer(t)) for t in targets) / len(targets)
 
 
 def _candidate_text(initial_prompt: str, words: float) -> str:
