@@ -410,6 +410,7 @@ class OpenAICompatibleBackend:
         one (`backends.request_shape`); `n` choices one call each where `n` is refused."""
         count = len(prompts) if prompts is not None else 1
         for _ in range(len(self._shape.omitted) + 8):  # each round fits one more field
+            version = self._shape.version
             try:
                 if params.n > 1 and self._shape.one_choice_per_call:
                     return await self._one_choice_each(path, content, params, prompts)
@@ -417,7 +418,8 @@ class OpenAICompatibleBackend:
                 payload = await self._request("POST", path, body, _purpose_headers(params))
                 return self._parse_choices(payload, count, params.n, path, prompts)
             except UnsupportedParameter as error:
-                if not self._shape.learn(error.param):
+                # Fitted now, by this refusal or by a concurrent call's: send again.
+                if not self._shape.learn(error.param) and self._shape.version == version:
                     raise
         raise ClientRequestError("the model refuses every request shape", endpoint=path)
 

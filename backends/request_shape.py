@@ -60,6 +60,8 @@ class RequestShape:
     endpoint: str = ""
     token_limit_field: str = "max_tokens"
     omitted: set[str] = field(default_factory=set)
+    version: int = 0
+    """How many refusals were learned: a call sent under an older version is re-sent."""
 
     @property
     def one_choice_per_call(self) -> bool:
@@ -87,6 +89,7 @@ class RequestShape:
         (an unknown field, or one already fitted), so the error stands."""
         if param == "max_tokens" and self.token_limit_field == "max_tokens":
             self.token_limit_field = "max_completion_tokens"
+            self.version += 1
             logger.warning(
                 "%s: the model refuses max_tokens; sending max_completion_tokens instead",
                 self.endpoint,
@@ -94,6 +97,7 @@ class RequestShape:
             return True
         if param in ADAPTABLE and param != "max_tokens" and param not in self.omitted:
             self.omitted.add(param)
+            self.version += 1
             consequence = {
                 "n": "each choice is now asked for in a call of its own",
                 "temperature": "answers now come at the model's default temperature",

@@ -124,3 +124,24 @@ async def test_other_client_errors_are_not_retried():
         await backend.close()
         await server.stop()
     assert len(server.bodies) == 1
+
+
+async def test_concurrent_calls_refused_together_are_all_resent_and_said_once(caplog):
+    import asyncio
+
+    server = ScriptedServer()
+    url = await server.start()
+    server.script.extend([refuse_like_openai] * 40)
+    backend = OpenAICompatibleBackend(url, "o-model")
+    params = SamplingParams(max_tokens=32, temperature=1.0)
+    try:
+        with caplog.at_level(logging.WARNING):
+            answers = await asyncio.gather(
+                *(backend.chat([("user", f"q{i}")], params) for i in range(8))
+            )
+    finally:
+        await backend.close()
+        await server.stop()
+    assert [a.text for a in answers] == [f"echo:q{i}" for i in range(8)]
+    said = [r.getMessage() for r in caplog.records if "refuses" in r.getMessage()]
+    assert len(said) == 1
