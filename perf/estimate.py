@@ -28,6 +28,9 @@ CHECK_TIME_SCALE = 400.0
 class EstimateCheck:
     estimated: dict[str, float]
     measured: dict[str, float]
+    billed_usd: float | None = None
+    """The bill of the usage the server reported (prompt, cached, completion tokens), which the
+    ledger's dollars (`measured["usd"]`) must equal to the cent."""
 
     def error(self, key: str) -> float:
         measured = self.measured[key]
@@ -56,6 +59,8 @@ class EstimateCheck:
                 f"{key} {shown.format(self.estimated[key])} vs {shown.format(self.measured[key])} "
                 f"({100 * self.error(key):+.1f}%)"
             )
+        if self.billed_usd is not None:
+            parts.append(f"server's usage billed {self.billed_usd:,.4f}")
         return "; ".join(parts)
 
 
@@ -103,6 +108,7 @@ def check_estimate(task: Task, batch: bool = False) -> EstimateCheck:
     )
     with start_server_process(server_config, answer_key=answer_key_for(task)) as server:
         ledgers = _run_optimization(task, config, f"{server.url}/v1", server_config.model, price)
+        billed = _server_bill(server.metrics(), price)
     scorer, optimizer = ledgers
     measured = {
         "scorer_calls": scorer["requests"],
@@ -122,7 +128,17 @@ def check_estimate(task: Task, batch: bool = False) -> EstimateCheck:
         "cached_prompt_tokens": estimate.cached_prompt_tokens,
         "usd": estimate.usd or 0.0,
     }
-    return EstimateCheck(estimated, measured)
+    return EstimateCheck(estimated, measured, billed)
+
+
+def _server_bill(samples: Any, price: Any) -> float:
+    """Dollars of the usage the server reported in its answers, from its /metrics counters."""
+    from backends.simulated.metrics import metric_total
+
+    prompt = metric_total(samples, "sim_prompt_tokens_served_total")
+    cached = metric_total(samples, "sim_cached_prompt_tokens_served_total")
+    completion = metric_total(samples, "sim_completion_tokens_served_total")
+    return price.token_cost(prompt, completion, cached)
 
 
 def _run_optimization(

@@ -67,6 +67,10 @@ def test_check_estimate_is_within_ten_percent_of_the_ledger_dollars_with_caching
     assert abs(check.error("usd")) <= 0.10, check.describe()
     assert abs(check.error("cached_prompt_tokens")) <= 0.10, check.describe()
     assert check.within(0.10)
+    # The whole run's ledger costs the bill of the usage the server reported, to the cent.
+    assert check.billed_usd is not None and check.billed_usd > 0
+    assert round(check.measured["usd"], 2) == round(check.billed_usd, 2)
+    assert check.measured["usd"] == pytest.approx(check.billed_usd, abs=1e-6)
 
 
 def test_eval_dry_run_counts_every_chain_and_sends_nothing():
