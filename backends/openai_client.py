@@ -20,6 +20,7 @@ import ipaddress
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -39,6 +40,7 @@ from backends.errors import (
     RequestTimeout,
     ServerError,
     UnknownModel,
+    UnsupportedParameter,
 )
 from backends.protocol import (
     PURPOSE_HEADER,
@@ -49,6 +51,7 @@ from backends.protocol import (
     SamplingParams,
 )
 from backends.redaction import redact_known, remember_secret, scrub_text, scrub_url, url_password
+from backends.request_shape import RequestShape, refused_parameter
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 RATE_LIMIT_HEADER_PREFIXES = ("x-ratelimit", "anthropic-ratelimit", "x-tokenlimit", "retry-after")
@@ -94,18 +97,25 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _sampling_body(params: SamplingParams) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "max_tokens": params.max_tokens,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "n": params.n,
-    }
-    if params.stop:
-        body["stop"] = list(params.stop)
-    if params.seed is not None:
-        body["seed"] = params.seed
-    return body
+def usage_details(usage: dict[str, Any]) -> tuple[int, int]:
+    """(cached prompt tokens, reasoning tokens) of an OpenAI `usage` object: 0 where absent."""
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    cached = int(prompt_details.get("cached_tokens") or 0)
+    reasoning = int(completion_details.get("reasoning_tokens") or 0)
+    return max(0, cached), max(0, reasoning)
+
+
+def merge_choices(answers: Sequence[Completion]) -> Completion:
+    """One answer of several choices from answers of one choice each: usage summed."""
+    return Completion(
+        tuple(text for answer in answers for text in answer.texts),
+        sum(answer.prompt_tokens for answer in answers),
+        sum(answer.completion_tokens for answer in answers),
+        tuple(reason for answer in answers for reason in answer.finish_reasons),
+        cached_prompt_tokens=sum(answer.cached_prompt_tokens for answer in answers),
+        reasoning_tokens=sum(answer.reasoning_tokens for answer in answers),
+    )
 
 
 def _purpose_headers(params: SamplingParams) -> dict[str, str] | None:
@@ -207,6 +217,8 @@ class OpenAICompatibleBackend:
         self.rate_limit_observer: Callable[[dict[str, str]], None] | None = None
         """Called with an answer's rate-limit headers (lower-case names), in the call's task,
         whenever an answer carries some (the engine paces calls by them)."""
+        self._shape = RequestShape(self._public_url)
+        """The fields this endpoint's model refuses, learned from its errors (request_shape)."""
         self._headers = {"Content-Type": "application/json"}
         if self._api_key:
             self._headers["Authorization"] = f"Bearer {self._api_key}"
@@ -359,6 +371,10 @@ class OpenAICompatibleBackend:
             )
         if status >= 500:
             return ServerError(f"HTTP {status}: {message}", endpoint=where, status=status)
+        if status == 400 and (param := refused_parameter(raw)) is not None:
+            return UnsupportedParameter(
+                f"HTTP 400: {message}", endpoint=where, status=status, param=param
+            )
         if status in (401, 403):
             return AuthenticationError(
                 f"HTTP {status}: the server refused the credentials", endpoint=where, status=status
@@ -397,19 +413,55 @@ class OpenAICompatibleBackend:
 
     async def complete(self, prompts: Sequence[str], params: SamplingParams) -> list[Completion]:
         """One `/v1/completions` call; a list of prompts when there is more than one."""
-        body = _sampling_body(params)
-        body["model"] = self._model
-        body["prompt"] = prompts[0] if len(prompts) == 1 else list(prompts)
-        payload = await self._request("POST", "/completions", body, _purpose_headers(params))
-        return self._parse_choices(payload, len(prompts), params.n, "/completions", prompts)
+        prompt: Any = prompts[0] if len(prompts) == 1 else list(prompts)
+        return await self._generate("/completions", {"prompt": prompt}, params, prompts)
 
     async def chat(self, messages: Sequence[Message], params: SamplingParams) -> Completion:
         """One `/v1/chat/completions` call for one conversation."""
-        body = _sampling_body(params)
-        body["model"] = self._model
-        body["messages"] = [{"role": role, "content": content} for role, content in messages]
-        payload = await self._request("POST", "/chat/completions", body, _purpose_headers(params))
-        return self._parse_choices(payload, 1, params.n, "/chat/completions", None)[0]
+        turns = [{"role": role, "content": content} for role, content in messages]
+        return (await self._generate("/chat/completions", {"messages": turns}, params, None))[0]
+
+    async def _generate(
+        self,
+        path: str,
+        content: dict[str, Any],
+        params: SamplingParams,
+        prompts: Sequence[str] | None,
+    ) -> list[Completion]:
+        """One generation call, re-sent with the refused field fitted when the model refuses
+        one (`backends.request_shape`); `n` choices one call each where `n` is refused."""
+        count = len(prompts) if prompts is not None else 1
+        for _ in range(len(self._shape.omitted) + 8):  # each round fits one more field
+            version = self._shape.version
+            try:
+                if params.n > 1 and self._shape.one_choice_per_call:
+                    return await self._one_choice_each(path, content, params, prompts)
+                body = {**self._shape.body(params), "model": self._model, **content}
+                payload = await self._request("POST", path, body, _purpose_headers(params))
+                return self._parse_choices(payload, count, params.n, path, prompts)
+            except UnsupportedParameter as error:
+                # Fitted now, by this refusal or by a concurrent call's: send again.
+                if not self._shape.learn(error.param) and self._shape.version == version:
+                    raise
+        raise ClientRequestError("the model refuses every request shape", endpoint=path)
+
+    async def _one_choice_each(
+        self,
+        path: str,
+        content: dict[str, Any],
+        params: SamplingParams,
+        prompts: Sequence[str] | None,
+    ) -> list[Completion]:
+        """`n` calls of one choice each (seeded seed, seed + 1, ...), merged per prompt."""
+        count = len(prompts) if prompts is not None else 1
+        rounds: list[list[Completion]] = []
+        for choice in range(params.n):
+            seed = None if params.seed is None else params.seed + choice
+            single = replace(params, n=1, seed=seed)
+            body = {**self._shape.body(single), "model": self._model, **content}
+            payload = await self._request("POST", path, body, _purpose_headers(single))
+            rounds.append(self._parse_choices(payload, count, 1, path, prompts))
+        return [merge_choices([answers[i] for answers in rounds]) for i in range(count)]
 
     def _parse_choices(
         self,
@@ -435,6 +487,7 @@ class OpenAICompatibleBackend:
                 seen += 1
             prompt_tokens = int(usage.get("prompt_tokens") or 0)
             completion_tokens = int(usage.get("completion_tokens") or 0)
+            cached_prompt, reasoning = usage_details(usage)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
             raise MalformedResponse(
                 f"answer lacks the expected choices ({type(error).__name__}: {error})",
@@ -446,14 +499,30 @@ class OpenAICompatibleBackend:
             )
         if prompt_count == 1:
             return [
-                Completion(tuple(texts[0]), prompt_tokens, completion_tokens, tuple(reasons[0]))
+                Completion(
+                    tuple(texts[0]),
+                    prompt_tokens,
+                    completion_tokens,
+                    tuple(reasons[0]),
+                    cached_prompt_tokens=cached_prompt,
+                    reasoning_tokens=reasoning,
+                )
             ]
-        prompt_parts = _split_total(prompt_tokens, [len(p) for p in prompts or ()])
-        completion_parts = _split_total(
-            completion_tokens, [sum(len(t) for t in group) for group in texts]
-        )
+        prompt_weights = [len(p) for p in prompts or ()]
+        completion_weights = [sum(len(t) for t in group) for group in texts]
+        prompt_parts = _split_total(prompt_tokens, prompt_weights)
+        completion_parts = _split_total(completion_tokens, completion_weights)
+        cached_parts = _split_total(cached_prompt, prompt_weights)
+        reasoning_parts = _split_total(reasoning, completion_weights)
         return [
-            Completion(tuple(texts[i]), prompt_parts[i], completion_parts[i], tuple(reasons[i]))
+            Completion(
+                tuple(texts[i]),
+                prompt_parts[i],
+                completion_parts[i],
+                tuple(reasons[i]),
+                cached_prompt_tokens=min(cached_parts[i], prompt_parts[i]),
+                reasoning_tokens=min(reasoning_parts[i], completion_parts[i]),
+            )
             for i in range(prompt_count)
         ]
 

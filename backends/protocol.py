@@ -87,6 +87,10 @@ class Completion:
 
     `cached` is true when the engine answered from its cache; the usage fields then hold what the
     original call cost (counted as saved by the ledger, never as spent).
+    `cached_prompt_tokens` (part of `prompt_tokens`) are the prompt tokens the server served from
+    its prompt cache (`usage.prompt_tokens_details.cached_tokens`), billed at a discount by hosted
+    APIs; `reasoning_tokens` (part of `completion_tokens`) are the hidden reasoning a model wrote
+    (`usage.completion_tokens_details.reasoning_tokens`), billed as output.
     """
 
     texts: tuple[str, ...]
@@ -94,6 +98,8 @@ class Completion:
     completion_tokens: int
     finish_reasons: tuple[str, ...] = ()
     cached: bool = False
+    cached_prompt_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def text(self) -> str:

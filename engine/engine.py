@@ -481,9 +481,7 @@ class Engine:
         """Count each answer in the ledger and hand it to its callers."""
         by_key = self._in_flight_by_key
         for item, completion in zip(items, completions, strict=True):
-            self.ledger.record_answer(
-                self._model, item.phase, completion.prompt_tokens, completion.completion_tokens
-            )
+            self.ledger.record(self._model, item.phase, completion)
             if item.key is not None:
                 by_key.pop(item.key, None)
             if not item.future.done():

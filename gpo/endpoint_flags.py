@@ -200,7 +200,10 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
         "--prices",
         type=Path,
         metavar="PATH",
-        help="JSON price table extending the built-in one (default: the built-in one)",
+        help="JSON price table extending the built-in one (default: the built-in one): "
+        '{"MODEL": {"input_per_mtok": IN, "output_per_mtok": OUT}}, optionally '
+        "cached_input_per_mtok (default: the input price), batch_input_per_mtok, "
+        "batch_output_per_mtok, batch_cached_input_per_mtok (default: half the list price)",
     )
     group.add_argument(
         "--max-retries",

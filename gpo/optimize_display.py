@@ -14,6 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from gpo.ledger_view import of_which as _of_which
+
 
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
@@ -63,7 +65,7 @@ def print_summary(
     totals = summary["run_totals"]
     line = (
         f"tokens {totals.get('total_tokens', 0):,} "
-        f"(prompt {totals.get('prompt_tokens', 0):,}, completion "
+        f"(prompt {totals.get('prompt_tokens', 0):,}{_of_which(totals)}, completion "
         f"{totals.get('completion_tokens', 0):,}), cache hits {totals.get('cache_hits', 0):,}, "
         f"${summary['cost_usd']:.4f}, wall {summary.get('wall_time_s', 0.0):.1f} s"
     )

@@ -103,9 +103,10 @@ def cost_table(run: RunReport) -> list[str]:
     if not run.ledgers:
         return ["No ledger recorded."]
     lines = [
-        "| session | model | phase | requests | prompt tokens | completion tokens | cache hits "
-        "| saved tokens | failures | cost ($) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| session | model | phase | requests | prompt tokens | of which cached "
+        "| completion tokens | of which reasoning | cache hits | saved tokens | failures "
+        "| cost ($) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for session, ledger in enumerate(run.ledgers, start=1):
         for row in ledger.get("rows", []):
@@ -113,7 +114,8 @@ def cost_table(run: RunReport) -> list[str]:
             failures = sum((row.get("failures") or {}).values())
             lines.append(
                 f"| {session} | {row['model']} | {row['phase']} | {row['requests']:,} | "
-                f"{row['prompt_tokens']:,} | {row['completion_tokens']:,} | "
+                f"{row['prompt_tokens']:,} | {row.get('cached_prompt_tokens', 0):,} | "
+                f"{row['completion_tokens']:,} | {row.get('reasoning_tokens', 0):,} | "
                 f"{row['cache_hits']:,} | {saved:,} | {failures} | {row['cost_usd']:.4f} |"
             )
     totals = run_totals(list(run.ledgers))
