@@ -15,10 +15,8 @@ from anything a server sends back.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import ipaddress
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -42,6 +40,7 @@ from backends.errors import (
     UnknownModel,
     UnsupportedParameter,
 )
+from backends.openai_usage import merge_choices, parse_retry_after, split_total, usage_details
 from backends.protocol import (
     PURPOSE_HEADER,
     Capabilities,
@@ -82,63 +81,9 @@ def _clean(text: str) -> str:
     return redact_known(scrub_text(text))
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """`Retry-After` as seconds: either a number or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def usage_details(usage: dict[str, Any]) -> tuple[int, int]:
-    """(cached prompt tokens, reasoning tokens) of an OpenAI `usage` object: 0 where absent."""
-    prompt_details = usage.get("prompt_tokens_details") or {}
-    completion_details = usage.get("completion_tokens_details") or {}
-    cached = int(prompt_details.get("cached_tokens") or 0)
-    reasoning = int(completion_details.get("reasoning_tokens") or 0)
-    return max(0, cached), max(0, reasoning)
-
-
-def merge_choices(answers: Sequence[Completion]) -> Completion:
-    """One answer of several choices from answers of one choice each: usage summed."""
-    return Completion(
-        tuple(text for answer in answers for text in answer.texts),
-        sum(answer.prompt_tokens for answer in answers),
-        sum(answer.completion_tokens for answer in answers),
-        tuple(reason for answer in answers for reason in answer.finish_reasons),
-        cached_prompt_tokens=sum(answer.cached_prompt_tokens for answer in answers),
-        reasoning_tokens=sum(answer.reasoning_tokens for answer in answers),
-    )
-
-
 def _purpose_headers(params: SamplingParams) -> dict[str, str] | None:
     """The `X-GPO-Purpose` header of a call whose requests say what they ask for."""
     return {PURPOSE_HEADER: str(params.purpose)} if params.purpose is not None else None
-
-
-def _split_total(total: int, weights: Sequence[int]) -> list[int]:
-    """Divide an integer total in proportion to weights so that the parts sum exactly to it.
-
-    A prompt-list call reports one `usage` for the whole call; the engine needs per-prompt
-    figures for its cache and ledger, and the ledger's sums must stay equal to the server's.
-    """
-    if len(weights) == 1:
-        return [total]
-    weight_sum = sum(weights) or len(weights)
-    if sum(weights) == 0:
-        weights = [1] * len(weights)
-    parts = [total * w // weight_sum for w in weights]
-    remainder = total - sum(parts)
-    for i in range(remainder):
-        parts[i % len(parts)] += 1
-    return parts
 
 
 class OpenAICompatibleBackend:
@@ -510,10 +455,10 @@ class OpenAICompatibleBackend:
             ]
         prompt_weights = [len(p) for p in prompts or ()]
         completion_weights = [sum(len(t) for t in group) for group in texts]
-        prompt_parts = _split_total(prompt_tokens, prompt_weights)
-        completion_parts = _split_total(completion_tokens, completion_weights)
-        cached_parts = _split_total(cached_prompt, prompt_weights)
-        reasoning_parts = _split_total(reasoning, completion_weights)
+        prompt_parts = split_total(prompt_tokens, prompt_weights)
+        completion_parts = split_total(completion_tokens, completion_weights)
+        cached_parts = split_total(cached_prompt, prompt_weights)
+        reasoning_parts = split_total(reasoning, completion_weights)
         return [
             Completion(
                 tuple(texts[i]),
