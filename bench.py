@@ -365,7 +365,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--model-dir", help="the real model's directory: measure the offline limit")
     parser.add_argument(
-        "--chat-template", default="chatml", help="the real model's chat template (chatml, ...)"
+        "--chat-template", help="the real model's template (chatml, ...; default: --model-dir's)"
     )
     parser.add_argument("--max-num-seqs", type=int, default=256, help="the real server's batch")
     parser.add_argument(
@@ -401,7 +401,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         budget_s=args.budget_s if args.budget_s is not None else scale.run_budget_s,
         url=args.url,
         model=args.model,
-        chat_template=args.chat_template,
+        chat_template=args.chat_template or args.model_dir or "chatml",
         max_num_seqs=args.max_num_seqs,
         vllm_cpu=args.vllm_cpu,
         model_dir=args.model_dir,

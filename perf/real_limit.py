@@ -48,13 +48,17 @@ class ManagedVllm:
     description: str
 
     def settings(self, settings: Any) -> Any:
-        """Bench settings pointed at this server (its URL, name, batch and model directory)."""
+        """Bench settings pointed at this server (its URL, name, batch and model directory), with
+        the model's own chat template: SmolLM2's adds a system turn where a chat has none, which
+        the hand-written ChatML does not, so the engine would rightly refuse to send ChatML
+        prompt lists and fall back to one chat per call."""
         return dataclasses.replace(
             settings,
             url=self.url,
             model=self.model,
             max_num_seqs=self.max_num_seqs,
             model_dir=settings.model_dir or self.model_dir,
+            chat_template=self.model_dir,
             vllm_cpu=False,
         )
 
