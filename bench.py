@@ -211,6 +211,7 @@ class _BenchRun:
         if server is None and settings.model_dir and workload.server == "h100":
             offline = real_limit(workload, self.task, settings.model_dir, endpoint, settings.repeat)
             limit_s, limit_note = offline.limit_s, offline.note
+            _log(f"{workload.key}: {limit_note}")
         report = WorkloadReport(
             workload.key,
             workload.title,

@@ -55,7 +55,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict, str]
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=540,  # the peers' own code (bench extra) adds worker starts; a loaded CPU
         check=False,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
