@@ -6,6 +6,7 @@
     python bench.py --workloads W1,W3 --repeat 5 --json out.json --markdown out.md
     python bench.py --full                   # adds W5 at 1M scored prompts
     python bench.py --url http://HOST:8000/v1 --model NAME   # a real `vllm serve`: ratios only
+    python bench.py --vllm-cpu --workloads W1   # the managed vLLM CPU server, its offline limit
     python bench.py --check-estimate         # dry-run cost estimate vs the ledger of a real run
     python bench.py --replicas               # R4: 4 simulated replicas (perf/replicas.py)
     python bench.py --racing-replay          # racing on recorded real steps (perf/racing_replay.py)
@@ -51,7 +52,9 @@ The simulated H100 runs `time_scale` times faster than real time (4 for W1, W2 a
 W3), so the whole benchmark takes about half an hour; the limit and every contender are measured
 on the same clock, client CPU is real, and each pattern's fixed waits (OPRO's 30 s, tenacity's
 1-10 s, the cookbook's 15 s pause) are given in simulated seconds. Against a real server
-(`--url`) nothing is scaled, no limit is printed, W3, W5 and W6 are skipped (they need the
+(`--url`, or `--vllm-cpu`: the managed vLLM CPU server) nothing is scaled; the limit is vLLM's
+own offline engine on the same model and engine arguments, measured (`perf.real_limit`; with
+`--url`, given `--model-dir`), W3, W5 and W6 are skipped (they need the
 simulated server's API and zero-latency modes), and vLLM's prefix cache is reset between runs
 where the server allows it (VLLM_SERVER_DEV_MODE=1).
 
@@ -72,14 +75,16 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from benchmarks import Task, load_task
 from perf.bar import bar_lines
 from perf.contenders import CONTENDERS, REFERENCE
 from perf.estimate import check_estimate
 from perf.limits import workload_limit
+from perf.parameters import describe_parameters
+from perf.peer_env import INSTALL_HINT, worker_python
 from perf.racing_replay import main as racing_replay_main
+from perf.real_limit import managed_vllm_cpu, real_limit
 from perf.replicas import main as replicas_main
 from perf.reports import render_markdown, render_table
 from perf.results import (
@@ -90,12 +95,8 @@ from perf.results import (
     run_notes,
     summarise_runs,
 )
-from perf.rounds import WARM_UP_SCORED_PROMPTS
 from perf.scales import SCALES, TASK_NAME, Scale
 from perf.servers import (
-    API_BURST_FRACTION,
-    API_REQUESTS_PER_MINUTE,
-    API_TOKENS_PER_MINUTE,
     Endpoint,
     ServerHandle,
     answer_key_for,
@@ -122,6 +123,8 @@ class BenchSettings:
     chat_template: str = "chatml"
     max_num_seqs: int = 256
     contenders: tuple[str, ...] | None = None
+    vllm_cpu: bool = False
+    model_dir: str | None = None
 
 
 def _log(message: str) -> None:
@@ -130,6 +133,10 @@ def _log(message: str) -> None:
 
 def run_benchmark(settings: BenchSettings, task: Task) -> list[WorkloadReport]:
     """Measure every chosen workload; print each one's table as soon as it is done."""
+    if settings.vllm_cpu:
+        with managed_vllm_cpu() as server:
+            _log(f"started {server.description}")
+            return run_benchmark(server.settings(settings), task)
     bench = _BenchRun(settings, task, Path(tempfile.mkdtemp(prefix="gpo-bench-")))
     workloads = build_workloads(settings.scale, full=settings.full)
     try:
@@ -193,6 +200,11 @@ class _BenchRun:
             return None
         server, endpoint = found
         limit_s, limit_note = workload_limit(workload, server, endpoint, self.task, self.answer_key)
+        offline = None
+        if server is None and settings.model_dir and workload.server == "h100":
+            offline = real_limit(workload, self.task, settings.model_dir, endpoint, settings.repeat)
+            limit_s, limit_note = offline.limit_s, offline.note
+            _log(f"{workload.key}: {limit_note}")
         report = WorkloadReport(
             workload.key,
             workload.title,
@@ -206,6 +218,9 @@ class _BenchRun:
             for n in workload.contenders
             if settings.contenders is None or n in settings.contenders or n == REFERENCE
         ]
+        for name in [n for n in names if worker_python(CONTENDERS[n].extra) is None]:
+            _log(f"{workload.key}: {name} skipped: needs the bench extra: {INSTALL_HINT}")
+            names.remove(name)
         budget_s = (
             settings.scale.zero_latency_budget_s if workload.zero_latency else settings.budget_s
         )
@@ -219,6 +234,8 @@ class _BenchRun:
                     reset_prefix_cache(endpoint)
                 runs[name].append(self._measure(workload, name, repeat, endpoint, budget_s))
         self._fill_rows(report, workload, names, runs, budget_s, endpoint)
+        if offline is not None and runs.get(REFERENCE):
+            report.limit_note += f"; engine answers vs offline: {offline.compare(runs[REFERENCE])}"
         return report
 
     def _borrowed(self, workload: Workload, names: Sequence[str]) -> set[str]:
@@ -340,7 +357,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--url", help="a real OpenAI-compatible server (e.g. vllm serve), /v1")
     parser.add_argument("--model", help="the model name the real server serves")
     parser.add_argument(
-        "--chat-template", default="chatml", help="the real model's chat template (chatml, ...)"
+        "--vllm-cpu", action="store_true", help="start the managed vLLM CPU server (embedded model)"
+    )
+    parser.add_argument("--model-dir", help="the real model's directory: measure the offline limit")
+    parser.add_argument(
+        "--chat-template", help="the real model's template (chatml, ...; default: --model-dir's)"
     )
     parser.add_argument("--max-num-seqs", type=int, default=256, help="the real server's batch")
     parser.add_argument(
@@ -349,6 +370,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.url and not args.model:
         parser.error("--url needs --model NAME")
+    if args.url and args.vllm_cpu:
+        parser.error("--vllm-cpu starts its own server: leave out --url")
     if args.repeat is not None and args.repeat < 1:
         parser.error("--repeat must be at least 1")
     if args.contenders:
@@ -374,38 +397,14 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         budget_s=args.budget_s if args.budget_s is not None else scale.run_budget_s,
         url=args.url,
         model=args.model,
-        chat_template=args.chat_template,
+        chat_template=args.chat_template or args.model_dir or "chatml",
         max_num_seqs=args.max_num_seqs,
+        vllm_cpu=args.vllm_cpu,
+        model_dir=args.model_dir,
         contenders=tuple(c.strip() for c in args.contenders.split(","))
         if args.contenders
         else None,
     )
-
-
-def describe_parameters(settings: BenchSettings) -> dict[str, Any]:
-    """What the run measured and how, printed first and written with the results."""
-    scale = settings.scale
-    return {
-        "mode": scale.name,
-        "task": TASK_NAME,
-        "repeat": settings.repeat,
-        "run budget s": settings.budget_s,
-        "scorer model": "simulated Llama-2-7b-chat, one H100 80GB, vLLM "
-        "(max_num_seqs 256, 8192 batched tokens, chunked prefill, prefix caching)"
-        if not settings.url
-        else f"{settings.model} at {settings.url}",
-        "time_scale": f"{scale.time_scale:g} (W1, W2, W4), {scale.api_time_scale:g} (W3): "
-        "simulated seconds per real second",
-        "peak memory": "worker's peak RSS during the run minus its RSS before (VmHWM reset via "
-        "/proc/self/clear_refs; ru_maxrss where /proc is unavailable)",
-        "W3 engine limits": f"{API_REQUESTS_PER_MINUTE * API_BURST_FRACTION:g} requests and "
-        f"{API_TOKENS_PER_MINUTE * API_BURST_FRACTION:,.0f} tokens per "
-        f"{60 * API_BURST_FRACTION:g} simulated s (the limits as the server enforces them); "
-        "the cookbook is given the per-minute figures, which is all it takes",
-        "client CPU": "worker's process_time (all threads); the server is another process",
-        "W5/W6 warm-up": f"each worker first scores up to {WARM_UP_SCORED_PROMPTS:,} chains of "
-        "other prompts, unmeasured (a warm process's per-prompt cost, not its start-up)",
-    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

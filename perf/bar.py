@@ -52,10 +52,13 @@ def _engine_vs_others(report: WorkloadReport) -> list[BarLine]:
     key = report.key
     lines = []
     if engine.percent_of_limit is not None:
+        # On a real vLLM the limit is measured (its offline engine), and the Bar is 95% of it.
+        measured = report.limit_note.startswith("measured offline limit")
+        floor, what = (95.0, "measured offline") if measured else (90.0, "theoretical")
         lines.append(
             BarLine(
-                f"{key} engine >= 90% of the theoretical limit",
-                engine.percent_of_limit >= 90.0,
+                f"{key} engine >= {floor:g}% of the {what} limit",
+                engine.percent_of_limit >= floor,
                 f"{engine.percent_of_limit:.1f}% ({engine.wall_s:.2f} s vs limit "
                 f"{report.limit_s:.2f} s)",
             )

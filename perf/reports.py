@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from perf.bar import BarLine
 
 COLUMNS = (
-    ("contender", 13),
+    ("contender", 19),
     ("wall s", 9),
     ("prompts/s", 10),
     ("% limit", 8),

@@ -39,6 +39,8 @@ class ContenderMetrics:
     extrapolated: bool
     answers_vs_engine: str
     note: str = ""
+    wall_s_runs: tuple[float, ...] = ()
+    """Each run's wall time (extrapolated where it was): the run-to-run spread."""
 
 
 def _median(values: Iterable[float]) -> float:
@@ -103,6 +105,7 @@ def summarise_runs(
         extrapolated=any(r.scored_prompts_run < r.scored_prompts_total for r in runs),
         answers_vs_engine=answers,
         note=note,
+        wall_s_runs=tuple(r.wall_s * f for r, f in zip(runs, factors, strict=True)),
     )
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from benchmarks import Task, load_task
 from perf.contenders import CONTENDERS, RunContext, Transcript
+from perf.peer_env import INSTALL_HINT, worker_python
 from perf.rounds import RoundPlan, failed_chains, plan_rounds, warm_up_rounds
 from perf.scales import SCALES, TASK_NAME
 from perf.servers import Endpoint, server_counts
@@ -116,6 +117,8 @@ CLIENT_MODULES = (
     "openai",
     "tenacity",
     "uvloop",
+    "dspy",
+    "lm_eval.models.openai_completions",
     "backends.openai_client",
     "backends.simulated.tokens",
     "engine.backend_kinds",
@@ -232,14 +235,18 @@ def worker_main(spec_path: Path) -> int:
 
 
 def run_in_worker(spec: RunSpec, in_process: bool, task: Task) -> RunResult:
-    """Measure `spec` in a fresh worker process (or in this one, for the smoke test)."""
-    if in_process:
+    """Measure `spec` in a fresh worker process (or in this one, for the smoke test); a peer's
+    own code runs under the interpreter that has it (`perf.peer_env`)."""
+    python = worker_python(CONTENDERS[spec.contender].extra)
+    if python is None:
+        raise RuntimeError(f"{spec.contender} needs the bench extra: {INSTALL_HINT}")
+    if in_process and python == sys.executable:
         return measure(spec, task)
     with tempfile.TemporaryDirectory(prefix="gpo-bench-run-") as folder:
         spec_path = Path(folder) / "spec.json"
         spec_path.write_text(json.dumps(dataclasses.asdict(spec)))
         completed = subprocess.run(
-            [sys.executable, "-m", "perf.worker", str(spec_path)],
+            [python, "-m", "perf.worker", str(spec_path)],
             capture_output=True,
             text=True,
             cwd=REPO_ROOT,

@@ -33,8 +33,11 @@ WINDOW_CONTENDERS = (
 measurement) and given hand-set windows (`perf.contenders.engine_windows`)."""
 WINDOW_STEPS = 3
 API_CONTENDERS = ("engine", "sequential", "dspy-threads", "lm-eval", "async-openai", "cookbook")
+PEERS = ("dspy-evaluate", "lm-eval-completions", "lm-eval-chat")
+CHAT_PEERS = ("dspy-evaluate", "lm-eval-chat")
 """Hosted chat APIs take one conversation per call: the vLLM batch pattern has no counterpart
-there, and the cookbook's processor is the pattern made for them."""
+there, and the cookbook's processor is the pattern made for them. The peers' own code (the
+`bench` extra) runs beside the re-implementations of their patterns on one step (W1, W3)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +116,15 @@ def _step_workloads(scale: Scale, pool: list[str]) -> dict[str, Workload]:
     step_one = ScoringRound("step", "eval", tuple(pool[: scale.candidates]), scale.dev_samples)
     shape = f"{scale.candidates} candidates x {scale.dev_samples} dev samples x 2 chat turns"
     return {
-        "W1": Workload("W1", "one GPO step", "h100", (step_one,), shape, fills_cache=True),
+        "W1": Workload(
+            "W1",
+            "one GPO step",
+            "h100",
+            (step_one,),
+            shape,
+            contenders=VLLM_CONTENDERS + PEERS,
+            fills_cache=True,
+        ),
         "W3": Workload(
             "W3",
             "a hosted API with RPM/TPM limits",
@@ -121,7 +132,7 @@ def _step_workloads(scale: Scale, pool: list[str]) -> dict[str, Workload]:
             (step_one,),
             f"{shape}, chat requests under {API_REQUESTS_PER_MINUTE} RPM and "
             f"{API_TOKENS_PER_MINUTE:,} TPM",
-            contenders=API_CONTENDERS,
+            contenders=API_CONTENDERS + CHAT_PEERS,
         ),
         "W4": Workload(
             "W4", "W1 on a warm response cache", "h100", (step_one,), shape, warm_from="W1"

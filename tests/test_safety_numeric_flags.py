@@ -18,7 +18,8 @@ from gpo.endpoints import BoundedNumber
 from tests.gpo_fakes import DATA_DIR
 from tests.gpo_process import TASK, run_gpo
 
-NEEDS = {"report": ["RUN_DIR"], "compare": ["RUN_A", "RUN_B"]}  # positional arguments a subcommand needs to parse
+# Positional arguments a subcommand needs to parse.
+NEEDS = {"report": ["RUN_DIR"], "compare": ["RUN_A", "RUN_B"]}
 
 
 def _subcommands() -> dict[str, argparse.ArgumentParser]:

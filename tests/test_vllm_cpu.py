@@ -423,6 +423,30 @@ OPTIMIZE_ARGS = (
 )
 
 
+def test_benchs_offline_limit_answers_as_the_engine_does_through_the_server(vllm: LiveServer):
+    """bench's measured limit on a real vLLM (`perf.real_limit`): the offline engine with the
+    managed server's arguments, turn 1 of every chain in one `LLM.chat`, then every turn 2, on
+    the same model. It does the engine's work: the same answers, chain by chain, as the engine
+    gets from the server for the same chains (one model load; the module's server)."""
+    from backends.vllm_cpu import embedded_model_dir
+    from benchmarks import load_task
+    from perf.real_limit import measure_offline_limit
+    from perf.results import compare_answers
+    from perf.scales import SCALES, TASK_NAME
+    from perf.servers import real_endpoint
+    from perf.worker import RunSpec, measure
+    from perf.workloads import build_workloads
+
+    task = load_task(TASK_NAME)
+    workload = build_workloads(SCALES["smoke"])["W1"]
+    endpoint = real_endpoint(vllm.url, vllm.model, "chatml", 128)
+    engine = measure(RunSpec("W1", "smoke", False, "engine", endpoint.to_json(), 1e9), task)
+    offline = measure_offline_limit(workload, task, str(embedded_model_dir()), 128, 1)
+    assert engine.unanswered == 0 and len(offline.seconds) == 1 and offline.seconds[0] > 0
+    assert offline.tokens[0] > 0
+    assert compare_answers(offline.digests, engine.digests) == "same"
+
+
 def test_managed_vllm_killed_mid_run_then_the_run_resumes_and_finishes(
     vllm: LiveServer, tmp_path: Path
 ):

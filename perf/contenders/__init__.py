@@ -6,11 +6,13 @@ from __future__ import annotations
 from perf.contenders import (
     async_openai,
     cookbook,
+    dspy_evaluate,
     dspy_threads,
     engine,
     engine_windows,
     gpo_vllm,
     lm_eval,
+    lm_eval_api,
     sequential,
 )
 from perf.contenders.base import Contender, RunContext, Transcript
@@ -19,8 +21,14 @@ REFERENCE = "engine"
 """The contender every other is compared with; it always runs its whole workload."""
 
 CONTENDERS: dict[str, Contender] = {
-    module.CONTENDER.name: module.CONTENDER
-    for module in (engine, sequential, gpo_vllm, dspy_threads, lm_eval, async_openai, cookbook)
+    contender.name: contender
+    for contender in (
+        *(m.CONTENDER for m in (engine, sequential, gpo_vllm, dspy_threads, lm_eval)),
+        *(m.CONTENDER for m in (async_openai, cookbook)),
+        dspy_evaluate.CONTENDER,
+        lm_eval_api.COMPLETIONS,
+        lm_eval_api.CHAT,
+    )
 }
 CONTENDERS.update((contender.name, contender) for contender in engine_windows.CONTENDERS)
 

@@ -112,6 +112,8 @@ class Contender:
     run: Callable[[RunContext], None]
     cache: Literal["none", "file", "memory"] = "none"
     """The pattern's own response cache: a file (`cache_path`) or memory (`memory_cache`)."""
+    extra: str | None = None
+    """The module of the `bench` extra the pattern runs (a peer's own code); None: none."""
 
     @property
     def has_cache(self) -> bool:
