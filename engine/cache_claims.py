@@ -80,8 +80,10 @@ class CacheClaims(Generic[ItemT]):
             return items
         try:
             outcome = self.cache.claim_many(keys, self.ttl_s)
-        except Exception:  # claims save money; failing to take them must not lose work
-            logger.exception("could not claim %d request(s) in the cache", len(keys))
+        except Exception as error:  # claims save money; failing to take them must not lose work
+            # One line, no traceback: a full disk here is the user's to fix, and the write that
+            # follows reports it as the run's error.
+            logger.warning("could not claim %d request(s) in the cache: %s", len(keys), error)
             return items
         self._claimed.update(outcome.mine)
         if not outcome.answered and not outcome.elsewhere:
