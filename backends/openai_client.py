@@ -94,7 +94,7 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _sampling_body(params: SamplingParams) -> dict[str, Any]:
+def sampling_body(params: SamplingParams) -> dict[str, Any]:
     body: dict[str, Any] = {
         "max_tokens": params.max_tokens,
         "temperature": params.temperature,
@@ -255,12 +255,18 @@ class OpenAICompatibleBackend:
         timeout_s: float | None = None,
         *,
         at_root: bool = False,
+        form: aiohttp.FormData | None = None,
+        raw_answer: bool = False,
     ) -> Any:
         """One call; `timeout_s` (connect and answer) replaces the session's timeout; `at_root`:
-        `path` is beside `/v1` (the server's own routes), not under it."""
+        `path` is beside `/v1` (the server's own routes), not under it; `form` is sent as a
+        multipart body instead of `body`; `raw_answer` returns the answer's bytes unparsed."""
         url = f"{self._server_root if at_root else self._base_url}{path}{self._query}"
         where = self._where(path)
-        data = orjson.dumps(body) if body is not None else None
+        data: Any = orjson.dumps(body) if body is not None else None
+        if form is not None:
+            data = form()
+            headers = {**(headers or {}), "Content-Type": data.content_type}
         options: dict[str, Any] = {"allow_redirects": False}
         if timeout_s is not None:
             options["timeout"] = aiohttp.ClientTimeout(total=timeout_s, connect=timeout_s)
@@ -300,6 +306,8 @@ class OpenAICompatibleBackend:
             raise ConnectionFailed(
                 _clean(f"{type(error).__name__}: {error}"), endpoint=where
             ) from None
+        if raw_answer:
+            return raw
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -375,7 +383,7 @@ class OpenAICompatibleBackend:
 
     async def complete(self, prompts: Sequence[str], params: SamplingParams) -> list[Completion]:
         """One `/v1/completions` call; a list of prompts when there is more than one."""
-        body = _sampling_body(params)
+        body = sampling_body(params)
         body["model"] = self._model
         body["prompt"] = prompts[0] if len(prompts) == 1 else list(prompts)
         payload = await self._request("POST", "/completions", body, _purpose_headers(params))
@@ -383,7 +391,7 @@ class OpenAICompatibleBackend:
 
     async def chat(self, messages: Sequence[Message], params: SamplingParams) -> Completion:
         """One `/v1/chat/completions` call for one conversation."""
-        body = _sampling_body(params)
+        body = sampling_body(params)
         body["model"] = self._model
         body["messages"] = [{"role": role, "content": content} for role, content in messages]
         payload = await self._request("POST", "/chat/completions", body, _purpose_headers(params))
@@ -434,6 +442,19 @@ class OpenAICompatibleBackend:
             Completion(tuple(texts[i]), prompt_parts[i], completion_parts[i], tuple(reasons[i]))
             for i in range(prompt_count)
         ]
+
+    async def api_call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        form: aiohttp.FormData | None = None,
+        raw_answer: bool = False,
+    ) -> Any:
+        """One call to a route under `/v1` (the Batch API's `/files` and `/batches`): the same
+        session, credentials and errors as every other call; see `_request`."""
+        return await self._request(method, path, body, form=form, raw_answer=raw_answer)
 
     async def post_to_server(self, path: str, body: dict[str, Any], timeout_s: float) -> Any:
         """POST to one of the server's own routes beside `/v1` (vLLM's `/tokenize`, llama.cpp's

@@ -30,6 +30,11 @@ class UsageCounters:
     retries: int = 0
     rate_limited: int = 0
     failures: Counter[str] = field(default_factory=Counter)
+    # BATCH-HOOK (h/batch): requests answered through the Batch API and their tokens (also
+    # counted in requests/prompt_tokens/completion_tokens), billed at the batch price.
+    batch_requests: int = 0
+    batch_prompt_tokens: int = 0
+    batch_completion_tokens: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
@@ -57,12 +62,22 @@ class Ledger:
         return counters
 
     def record_answer(
-        self, model: str, phase: str, prompt_tokens: int, completion_tokens: int
+        self,
+        model: str,
+        phase: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        billing: str = "standard",
     ) -> None:
+        """One answer's usage; `billing="batch"`: answered through the Batch API (its price)."""
         c = self.counters(model, phase)
         c.requests += 1
         c.prompt_tokens += prompt_tokens
         c.completion_tokens += completion_tokens
+        if billing == "batch":
+            c.batch_requests += 1
+            c.batch_prompt_tokens += prompt_tokens
+            c.batch_completion_tokens += completion_tokens
 
     def record_call(self, model: str, phase: str, latency_s: float) -> None:
         c = self.counters(model, phase)
@@ -119,7 +134,10 @@ class Ledger:
                     unpriced.add(model)
                 per_key[(model, phase)] = 0.0
                 continue
-            per_key[(model, phase)] = price.token_cost(c.prompt_tokens, c.completion_tokens)
+            per_key[(model, phase)] = price.token_cost(
+                c.prompt_tokens - c.batch_prompt_tokens,
+                c.completion_tokens - c.batch_completion_tokens,
+            ) + price.batch_token_cost(c.batch_prompt_tokens, c.batch_completion_tokens)
             if price.gpu_hour_usd:
                 gpu_models[model] = price.gpu_hour_usd * price.gpus
         gpu_cost = sum(rate * self.wall_time_s / 3600 for rate in gpu_models.values())
@@ -140,6 +158,7 @@ class Ledger:
                     "prompt_tokens": c.prompt_tokens,
                     "completion_tokens": c.completion_tokens,
                     "cache_hits": c.cache_hits,
+                    "batch_requests": c.batch_requests,
                     "deduplicated": c.deduplicated,
                     "saved_prompt_tokens": c.saved_prompt_tokens,
                     "saved_completion_tokens": c.saved_completion_tokens,

@@ -17,6 +17,10 @@ import orjson
 from backends.errors import ConfigError
 
 
+BATCH_PRICE_FACTOR = 0.5
+"""The Batch API's price as a share of the standard one (OpenAI: half)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
     input_per_mtok: float = 0.0
@@ -28,6 +32,11 @@ class ModelPrice:
         return (
             prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok
         ) / 1e6
+
+    def batch_token_cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """BATCH-HOOK (h/batch): tokens answered through the Batch API, at half the price
+        (OpenAI's batch discount) until the table has batch price columns."""
+        return self.token_cost(prompt_tokens, completion_tokens) * BATCH_PRICE_FACTOR
 
 
 BUILTIN_PRICES: dict[str, ModelPrice] = {
