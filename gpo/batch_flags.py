@@ -31,10 +31,10 @@ def add_batch_arguments(parser: Any) -> None:
     group.add_argument(
         "--batch-timeout",
         type=BoundedNumber(float, 1, 30 * 86400),
-        default=26 * 3600.0,
+        default=93600.0,
         metavar="S",
         help="give up waiting for a batch after S seconds (its requests fail as batch_timeout; "
-        "it stays recorded for a later run to collect; default 26 hours)",
+        "it stays recorded for a later run to collect; default 93600, 26 hours)",
     )
     group.add_argument(
         "--batch-poll-max",
