@@ -7,7 +7,8 @@ What goes in a batch, when, and what a result means for a run is the engine's po
 - `request_line(custom_id, request, model)` is one JSONL line `{"custom_id", "method": "POST",
   "url", "body"}` with the body the backend would send for the request;
 - `BatchTransport` uploads a file (`POST /v1/files`, purpose `batch`), creates a batch
-  (`POST /v1/batches`, window "24h"), reads its status and its output and error files;
+  (`POST /v1/batches`, window "24h", metadata), lists recent batches, reads a batch's status
+  and its output and error files;
 - `parse_result_line(line, n)` turns one output/error line into a `Completion` or a reason.
 """
 
@@ -85,9 +86,22 @@ class BatchTransport:
         answer = await self.backend.api_call("POST", "/files", form=form)
         return str(answer["id"])
 
-    async def create(self, input_file_id: str, endpoint: str) -> dict[str, Any]:
-        body = {"input_file_id": input_file_id, "endpoint": endpoint, "completion_window": "24h"}
+    async def create(
+        self, input_file_id: str, endpoint: str, metadata: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "input_file_id": input_file_id,
+            "endpoint": endpoint,
+            "completion_window": "24h",
+        }
+        if metadata:
+            body["metadata"] = metadata
         return await self.backend.api_call("POST", "/batches", body)
+
+    async def recent(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The endpoint's most recent batches, newest first (`GET /v1/batches`)."""
+        answer = await self.backend.api_call("GET", f"/batches?limit={limit}")
+        return list(answer.get("data") or [])
 
     async def retrieve(self, batch_id: str) -> dict[str, Any]:
         return await self.backend.api_call("GET", f"/batches/{batch_id}")

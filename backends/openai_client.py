@@ -261,7 +261,8 @@ class OpenAICompatibleBackend:
         """One call; `timeout_s` (connect and answer) replaces the session's timeout; `at_root`:
         `path` is beside `/v1` (the server's own routes), not under it; `form` is sent as a
         multipart body instead of `body`; `raw_answer` returns the answer's bytes unparsed."""
-        url = f"{self._server_root if at_root else self._base_url}{path}{self._query}"
+        query = self._query.replace("?", "&", 1) if "?" in path else self._query
+        url = f"{self._server_root if at_root else self._base_url}{path}{query}"
         where = self._where(path)
         data: Any = orjson.dumps(body) if body is not None else None
         if form is not None:

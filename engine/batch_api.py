@@ -9,7 +9,9 @@ misses the cache here instead of to the chat/completions route:
 - The batch's id and input are written to the run directory (`batches.json`, and the input
   lines under `batch-inputs/`) *before* any waiting, so a process killed while a batch is
   pending finds it on resume (`start()`), polls it instead of submitting again, and collects it
-  even if it completed meanwhile.
+  even if it completed meanwhile. A process killed while creating a batch left it
+  "submitting": the resume finds it among the endpoint's recent batches by the input's name in
+  its metadata, or submits it if the endpoint never got it.
 - A batch is polled with back-off (`poll_first_s` doubling to `poll_max_s`), for at most
   `timeout_s`; past that its requests fail with kind `batch_timeout` and a message saying the
   same command collects it later (its id stays in the run directory).
@@ -53,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "batches.json"
 INPUTS_DIR = "batch-inputs"
+GPO_INPUT = "gpo_input"  # the batch's metadata key naming its input file
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +121,12 @@ class BatchRunner:
 
     def start(self) -> None:
         """Follow the batches an earlier process left pending (resume)."""
-        for entry in self._entries:
-            if entry["state"] == "pending":
+        for entry in list(self._entries):
+            if entry["state"] in ("pending", "submitting"):
                 lines = self._input_lines(entry)
                 self._submitted.update(line["custom_id"] for line in lines)
-                self._spawn(self._follow(entry, lines))
+                pending = entry["state"] == "pending"
+                self._spawn(self._follow(entry, lines) if pending else self._adopt(entry, lines))
 
     async def close(self) -> None:
         self._closed = True
@@ -181,39 +185,63 @@ class BatchRunner:
     async def _submit(
         self, lines: list[dict[str, Any]], phase: str, attempt: int, replaces: Any = None
     ) -> None:
-        """Write, upload and create one batch; record it before following it."""
+        """Write, upload and create one batch, journalled in `batches.json` around the create:
+        "submitting" before it (a process killed there finds the batch by its metadata on
+        resume), "pending" with its id before any waiting."""
         ids = [line["custom_id"] for line in lines]
         self._submitted.update(ids)
         inputs = self.run_dir / INPUTS_DIR
         inputs.mkdir(exist_ok=True)
         name = f"batch-input-{time.time_ns()}.jsonl"
         (inputs / name).write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
-        try:
-            file_id = await self.transport.upload(lines, name)
-            batch = await self.transport.create(file_id, lines[0]["url"])
-        except BackendError as error:
-            self._submitted.difference_update(ids)
-            failure = RequestFailed(f"cannot submit a batch: {error}", error.kind, attempt)
-            for custom_id in ids:
-                self._fail(custom_id, failure, phase=phase)
-            return
-        entry = {
-            "id": batch["id"],
+        entry: dict[str, Any] = {
+            "id": None,
             "endpoint": lines[0]["url"],
             "input": f"{INPUTS_DIR}/{name}",
             "phase": phase,
             "attempt": attempt,
-            "state": "pending",
+            "state": "submitting",
             "submitted_at": time.time(),
         }
         self._entries.append(entry)
         if replaces is not None:
             replaces["state"] = "collected"
+        self._save_state()
+        try:
+            file_id = await self.transport.upload(lines, name)
+            batch = await self.transport.create(file_id, entry["endpoint"], {GPO_INPUT: name})
+        except BackendError as error:
+            self._entries.remove(entry)
+            self._save_state()
+            self._submitted.difference_update(ids)
+            failure = RequestFailed(f"cannot submit a batch: {error}", error.kind, attempt)
+            for custom_id in ids:
+                self._fail(custom_id, failure, phase=phase)
+            return
+        entry["id"], entry["state"] = batch["id"], "pending"
         self._save_state()  # before any waiting: a killed process finds it here
-        logger.info(
-            "batch %s submitted: %d request(s), attempt %d", entry["id"], len(lines), attempt
-        )
+        logger.info("batch %s submitted: %d request(s), attempt %d", batch["id"], len(ids), attempt)
         self._spawn(self._follow(entry, lines))
+
+    async def _adopt(self, entry: dict[str, Any], lines: list[dict[str, Any]]) -> None:
+        """An earlier process was killed while creating this batch: follow the batch if the
+        endpoint has it (found by its input's name in the metadata), else submit it now."""
+        name = entry["input"].rsplit("/", 1)[-1]
+        try:
+            recent = await self.transport.recent()
+        except BackendError as error:
+            logger.warning("cannot list batches to find %s: %s", name, error)
+            recent = []
+        found = [b for b in recent if (b.get("metadata") or {}).get(GPO_INPUT) == name]
+        self._entries.remove(entry)
+        if found:
+            entry["id"], entry["state"] = found[0]["id"], "pending"
+            self._entries.append(entry)
+            self._save_state()
+            self._spawn(self._follow(entry, lines))
+        else:
+            self._save_state()
+            await self._submit(lines, entry["phase"], int(entry["attempt"]))
 
     async def _follow(self, entry: dict[str, Any], lines: list[dict[str, Any]]) -> None:
         settings = self.settings

@@ -4,6 +4,7 @@ re-submitted or reported), and the ledger's batch billing against a hand-compute
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from backends.openai_batch import BatchTransport, parse_result_line, request_line
@@ -154,3 +155,56 @@ def test_ledger_bills_batch_answers_at_half_price_to_the_cent():
     # standard: 3.00 + 3.00 = 6.00; batch: (6.00 + 6.00) / 2 = 6.00
     assert ledger.snapshot()["totals"]["cost_usd"] == pytest.approx(12.00, abs=0.005)
     assert ledger.snapshot()["rows"][0]["batch_requests"] == 1
+
+
+async def test_resume_finds_a_batch_created_just_before_a_kill_and_submits_one_never_created(
+    tmp_path,
+):
+    """A kill between creating a batch and recording its id leaves it "submitting": the resume
+    follows the batch the endpoint has (by its metadata), submits the one it never got, and no
+    request is sent twice."""
+    first = [f"first {i}" for i in range(5)]
+    second = [f"second {i}" for i in range(4)]
+    async with SimulatedServer(server_config()) as server:
+        backend = backend_for(server.url)
+        transport = BatchTransport(backend)
+        identity = backend.identity
+        entries = []
+        (tmp_path / "batch-inputs").mkdir()
+        for number, prompts in enumerate((first, second)):
+            lines = [
+                request_line(request_key(identity, chat(p)).hex(), chat(p), backend.model)
+                for p in prompts
+            ]
+            name = f"batch-input-{number}.jsonl"
+            (tmp_path / "batch-inputs" / name).write_bytes(
+                b"".join(orjson.dumps(line) + b"\n" for line in lines)
+            )
+            if number == 0:  # the endpoint got this one; the process died before noting its id
+                file_id = await transport.upload(lines, name)
+                await transport.create(file_id, "/v1/chat/completions", {"gpo_input": name})
+            entries.append(
+                {
+                    "id": None,
+                    "endpoint": "/v1/chat/completions",
+                    "input": f"batch-inputs/{name}",
+                    "phase": "scoring",
+                    "attempt": 1,
+                    "state": "submitting",
+                }
+            )
+        await backend.close()
+        (tmp_path / STATE_FILE).write_bytes(orjson.dumps({"batches": entries}))
+        results, ledger, _, _ = await run_batched(server.url, tmp_path, first + second, FAST)
+        backend = backend_for(server.url)
+        try:
+            batches = await control(backend)
+        finally:
+            await backend.close()
+    assert all(isinstance(result, Completion) for result in results)
+    assert len(batches) == 2
+    assert sum(b["request_counts"]["total"] for b in batches.values()) == len(first + second)
+    row = ledger.snapshot()["rows"][0]
+    assert row["requests"] == row["batch_requests"] == len(first + second)
+    states = orjson.loads((tmp_path / STATE_FILE).read_bytes())["batches"]
+    assert [entry["state"] for entry in states] == ["collected", "collected"]

@@ -3,7 +3,8 @@
 Routes (OpenAI's shapes): `POST /v1/files` (multipart: `purpose=batch`, `file` = JSONL of
 `{"custom_id", "method": "POST", "url", "body"}`), `GET /v1/files/{id}`,
 `GET /v1/files/{id}/content`, `POST /v1/batches` (`input_file_id`, `endpoint`,
-`completion_window` "24h"), `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`.
+`completion_window` "24h", optional `metadata`), `GET /v1/batches` (newest first, `limit`),
+`GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`.
 
 A batch is `validating`, then `in_progress` for `config.batch_delay_s` simulated seconds (real
 seconds = that / `time_scale`), then `finalizing` and `completed`: each line is answered by the
@@ -70,6 +71,7 @@ class _Batch:
     completed: int = 0
     failed: int = 0
     stamps: dict[str, int] = field(default_factory=dict)
+    metadata: dict[str, str] | None = None
     expire: bool = False
     task: asyncio.Task[None] | None = None
 
@@ -92,7 +94,7 @@ class _Batch:
                 "completed": self.completed,
                 "failed": self.failed,
             },
-            "metadata": None,
+            "metadata": self.metadata,
         }
 
 
@@ -115,6 +117,7 @@ class BatchApi:
         app.router.add_get("/v1/files/{id}", self.file_info)
         app.router.add_get("/v1/files/{id}/content", self.file_content)
         app.router.add_post("/v1/batches", self.create)
+        app.router.add_get("/v1/batches", self.list_batches)
         app.router.add_get("/v1/batches/{id}", self.retrieve)
         app.router.add_post("/v1/batches/{id}/cancel", self.cancel)
         app.router.add_post("/sim/batches", self.control)
@@ -194,12 +197,24 @@ class BatchApi:
         batch = _Batch(
             f"batch_{next(self._ids):06d}", endpoint, found[0]["id"], lines, int(time.time())
         )
+        metadata = data.get("metadata")
+        batch.metadata = dict(metadata) if isinstance(metadata, dict) else None
         if self._expire_next > 0:
             self._expire_next -= 1
             batch.expire = True
         self._batches[batch.id] = batch
         batch.task = asyncio.get_running_loop().create_task(self._run(batch))
         return _json(batch.to_json())
+
+    async def list_batches(self, request: web.Request) -> web.Response:
+        """Newest first, `limit` (default 20, at most 100) of them, as OpenAI's list object."""
+        try:
+            limit = min(100, max(1, int(request.query.get("limit", "20"))))
+        except ValueError:
+            return _error("limit must be an integer", 400)
+        batches = list(reversed(self._batches.values()))
+        data = [batch.to_json() for batch in batches[:limit]]
+        return _json({"object": "list", "data": data, "has_more": len(batches) > limit})
 
     async def retrieve(self, request: web.Request) -> web.Response:
         batch = self._batches.get(request.match_info["id"])
