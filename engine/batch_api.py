@@ -1,7 +1,8 @@
 """Batch API policy: requests that can wait answered through OpenAI's Batch API at its price.
 
 An `Engine` given a `BatchRunner` (`engine.batch = runner`) sends every cacheable request that
-misses the cache here instead of to the chat/completions route:
+misses the cache here instead of to the chat/completions route (with `all_requests=False`, only
+those made inside `work_that_can_wait()`):
 
 - Requests are gathered until none has arrived for `gather_s` (an evaluation asks its first
   turns together, then its follow-ups), written as Batch API JSONL with `custom_id` = the
@@ -27,11 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,18 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "batches.json"
 INPUTS_DIR = "batch-inputs"
 GPO_INPUT = "gpo_input"  # the batch's metadata key naming its input file
+_CAN_WAIT: contextvars.ContextVar[bool] = contextvars.ContextVar("gpo_can_wait", default=False)
+
+
+@contextlib.contextmanager
+def work_that_can_wait() -> Iterator[None]:
+    """Requests made in this scope (and in tasks it starts) may go through the Batch API, for a
+    runner made with `all_requests=False` (an optimisation's test evaluations, not its steps)."""
+    token = _CAN_WAIT.set(True)
+    try:
+        yield
+    finally:
+        _CAN_WAIT.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +93,10 @@ class BatchRunner:
         cache: ResponseCache | None,
         ledger: Ledger,
         settings: BatchSettings | None = None,
+        all_requests: bool = True,
     ) -> None:
         self.transport = transport
+        self.all_requests = all_requests
         self.run_dir = run_dir
         self.cache = cache
         self.ledger = ledger
@@ -146,6 +162,10 @@ class BatchRunner:
         task.add_done_callback(self._tasks.discard)
 
     # -- callers ------------------------------------------------------------------------------
+
+    def applies(self) -> bool:
+        """Whether a request made now goes through a batch (see `work_that_can_wait`)."""
+        return self.all_requests or _CAN_WAIT.get()
 
     async def answer(self, key: bytes, request: Request, phase: str) -> Completion:
         """The answer to `request` (cache key `key`) through a batch; raises `RequestFailed`."""

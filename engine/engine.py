@@ -232,7 +232,7 @@ class Engine:
                 self.ledger.record_dedup(self._model, phase)
                 return await asyncio.shield(shared)
         self._check_open(0)
-        if self.batch is not None and key is not None:
+        if self.batch is not None and key is not None and self.batch.applies():
             return await self.batch.answer(key, request, phase)
         if self._dispatcher is None:
             self.start()

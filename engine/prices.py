@@ -16,7 +16,6 @@ import orjson
 
 from backends.errors import ConfigError
 
-
 BATCH_PRICE_FACTOR = 0.5
 """The Batch API's price as a share of the standard one (OpenAI: half)."""
 

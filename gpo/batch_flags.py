@@ -19,14 +19,15 @@ from engine.engine import Engine
 from gpo.endpoint_flags import BoundedNumber
 
 
-def add_batch_arguments(parser: Any) -> None:
+def add_batch_arguments(parser: Any, what: str = "requests") -> None:
+    """The Batch API flags; `what` names the work they send as batches."""
     group = parser.add_argument_group("Batch API (work that can wait, at the batch price)")
     group.add_argument(
         "--batch-api",
         action="store_true",
-        help="send requests that miss the cache as OpenAI Batch API batches (/v1/files, "
-        "/v1/batches) and wait for them; the batch ids are kept in --out, so the same command "
-        "with --overwrite after a stop collects them instead of submitting again",
+        help=f"send {what} that miss the cache as OpenAI Batch API batches (/v1/files, "
+        "/v1/batches) and wait for them; the batch ids are kept in the output folder, so the "
+        "same command resumed after a stop collects them instead of submitting again",
     )
     group.add_argument(
         "--batch-timeout",
@@ -53,8 +54,11 @@ def add_batch_arguments(parser: Any) -> None:
     )
 
 
-def attach_batch_runner(args: argparse.Namespace, engine: Engine, out_dir: Path) -> None:
-    """With `--batch-api`, route `engine`'s cacheable requests through a `BatchRunner`."""
+def attach_batch_runner(
+    args: argparse.Namespace, engine: Engine, out_dir: Path, *, all_requests: bool = True
+) -> None:
+    """With `--batch-api`, route `engine`'s cacheable requests through a `BatchRunner` (with
+    `all_requests=False`, only those made in `engine.batch_api.work_that_can_wait()`)."""
     if not getattr(args, "batch_api", False):
         return
     backend = engine.backend
@@ -75,6 +79,7 @@ def attach_batch_runner(args: argparse.Namespace, engine: Engine, out_dir: Path)
         cache=engine.cache,
         ledger=engine.ledger,
         settings=settings,
+        all_requests=all_requests,
     )
     runner.start()
     engine.batch = runner
