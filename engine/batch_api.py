@@ -49,6 +49,7 @@ from backends.openai_batch import (
 )
 from backends.protocol import Completion, Request
 from backends.redaction import redact_completions
+from backends.vllm_run_batch import LocalRunBatch
 from engine.cache import ResponseCache
 from engine.ledger import Ledger
 from engine.retry_policy import RequestFailed
@@ -87,7 +88,7 @@ class BatchRunner:
 
     def __init__(
         self,
-        transport: BatchTransport,
+        transport: BatchTransport | LocalRunBatch,
         run_dir: Path,
         *,
         cache: ResponseCache | None,

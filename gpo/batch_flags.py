@@ -14,9 +14,12 @@ from typing import Any
 from backends.errors import ConfigError
 from backends.openai_batch import BatchTransport
 from backends.openai_client import OpenAICompatibleBackend
+from backends.vllm_run_batch import LocalRunBatch, run_batch_command
 from engine.batch_api import BatchRunner, BatchSettings
 from engine.engine import Engine
 from gpo.endpoint_flags import BoundedNumber
+
+LOCAL_DIR = "batch-local"  # run-batch's inputs, outputs, logs and process ids
 
 
 def add_batch_arguments(parser: Any, what: str = "requests") -> None:
@@ -24,10 +27,15 @@ def add_batch_arguments(parser: Any, what: str = "requests") -> None:
     group = parser.add_argument_group("Batch API (work that can wait, at the batch price)")
     group.add_argument(
         "--batch-api",
-        action="store_true",
+        nargs="?",
+        const="api",
+        choices=("api", "local"),
+        default=None,
         help=f"send {what} that miss the cache as OpenAI Batch API batches (/v1/files, "
-        "/v1/batches) and wait for them; the batch ids are kept in the output folder, so the "
-        "same command resumed after a stop collects them instead of submitting again",
+        "/v1/batches) and wait for them; `--batch-api local` runs the same JSONL through "
+        "`vllm run-batch` on the vLLM CPU build with --scorer-vllm's model; the batch ids are "
+        "kept in the output folder, so the same command resumed after a stop collects them "
+        "instead of submitting again (default: off)",
     )
     group.add_argument(
         "--batch-timeout",
@@ -59,10 +67,22 @@ def attach_batch_runner(
 ) -> None:
     """With `--batch-api`, route `engine`'s cacheable requests through a `BatchRunner` (with
     `all_requests=False`, only those made in `engine.batch_api.work_that_can_wait()`)."""
-    if not getattr(args, "batch_api", False):
+    mode = getattr(args, "batch_api", None)
+    if not mode:
         return
     backend = engine.backend
-    if not isinstance(backend, OpenAICompatibleBackend):
+    transport: BatchTransport | LocalRunBatch
+    if mode == "local":
+        model = getattr(args, "scorer_vllm", None)
+        if not model:
+            raise ConfigError(
+                "--batch-api local: name the model vllm run-batch loads with --scorer-vllm MODEL"
+            )
+        command, env = run_batch_command(model, backend.model)
+        transport = LocalRunBatch(command, out_dir / LOCAL_DIR, backend.model, env)
+    elif isinstance(backend, OpenAICompatibleBackend):
+        transport = BatchTransport(backend)
+    else:
         raise ConfigError(
             "--batch-api needs one OpenAI-compatible endpoint (one --scorer-url), got "
             f"{type(backend).__name__}"
@@ -74,7 +94,7 @@ def attach_batch_runner(
         max_attempts=args.batch_attempts,
     )
     runner = BatchRunner(
-        BatchTransport(backend),
+        transport,
         out_dir,
         cache=engine.cache,
         ledger=engine.ledger,
