@@ -8,6 +8,7 @@
     python bench.py --url http://HOST:8000/v1 --model NAME   # a real `vllm serve`: ratios only
     python bench.py --check-estimate         # dry-run cost estimate vs the ledger of a real run
     python bench.py --replicas               # R4: 4 simulated replicas (perf/replicas.py)
+    python bench.py --racing-replay          # racing on recorded real steps (perf/racing_replay.py)
 
 bench.py starts the simulated vLLM-like server (`backends.simulated`) in its own process on
 loopback, restarts it before every measured run (empty prefix cache, full rate-limit buckets),
@@ -78,6 +79,7 @@ from perf.bar import bar_lines
 from perf.contenders import CONTENDERS, REFERENCE
 from perf.estimate import check_estimate
 from perf.limits import workload_limit
+from perf.racing_replay import main as racing_replay_main
 from perf.replicas import main as replicas_main
 from perf.reports import render_markdown, render_table
 from perf.results import (
@@ -328,6 +330,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--smoke", action="store_true", help="tiny sizes, in-process (seconds)")
     parser.add_argument("--full", action="store_true", help="add W5 at 1M scored prompts")
     parser.add_argument("--replicas", action="store_true", help="only R4 (perf/replicas.py)")
+    parser.add_argument("--racing-replay", action="store_true", help="only the racing replay")
     parser.add_argument("--workloads", help="comma-separated, e.g. W1,W3 (default: all)")
     parser.add_argument("--contenders", help="comma-separated subset (the engine always runs)")
     parser.add_argument("--repeat", type=int, help="runs per contender; medians are reported")
@@ -409,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.replicas:
         return replicas_main(["--repeat", str(args.repeat or 3)])
+    if args.racing_replay:
+        return racing_replay_main([])
     settings = settings_from_args(args)
     task = load_task(TASK_NAME)
     parameters = describe_parameters(settings)

@@ -90,6 +90,19 @@ class ClientRequestError(BackendError):
     kind = "client_error"
 
 
+class UnsupportedParameter(ClientRequestError):
+    """HTTP 400: the model refuses one field of the request (`param`), e.g. `max_tokens` on
+    reasoning models; the client re-sends without it (`backends.request_shape`)."""
+
+    kind = "unsupported_parameter"
+
+    def __init__(
+        self, message: str, *, endpoint: str = "", status: int | None = None, param: str = ""
+    ) -> None:
+        super().__init__(message, endpoint=endpoint, status=status)
+        self.param = param
+
+
 class AuthenticationError(ClientRequestError):
     """HTTP 401/403, or a hosted endpoint used without an API key."""
 

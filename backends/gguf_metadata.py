@@ -51,7 +51,7 @@ def _with_llama_cpp(path: Path) -> tuple[str, str, str]:
     except ImportError:
         raise ConfigError(
             f"cannot read the chat template of {path}: install the `gguf` package "
-            "(or llama-cpp-python, `gpo setup-local`)"
+            "(or llama-cpp-python, `gpo setup-local --llamacpp`)"
         ) from None
     try:
         model = Llama(model_path=str(path), vocab_only=True, verbose=False)

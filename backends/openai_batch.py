@@ -19,17 +19,22 @@ from typing import Any
 import aiohttp
 import orjson
 
-from backends.openai_client import OpenAICompatibleBackend, sampling_body
+from backends.openai_client import OpenAICompatibleBackend
+from backends.openai_usage import usage_details
 from backends.protocol import Completion, Request
+from backends.request_shape import RequestShape
 
 CHAT_URL = "/v1/chat/completions"
 COMPLETIONS_URL = "/v1/completions"
 FINISHED_STATES = ("completed", "failed", "expired", "cancelled")
 
 
-def request_line(custom_id: str, request: Request, model: str) -> dict[str, Any]:
-    """One Batch API input line for `request` (a chat, or a completion of one prompt)."""
-    body = sampling_body(request.params)
+def request_line(
+    custom_id: str, request: Request, model: str, shape: RequestShape | None = None
+) -> dict[str, Any]:
+    """One Batch API input line for `request` (a chat, or a completion of one prompt), its
+    sampling fields fitted to what the endpoint's model accepts (`shape`)."""
+    body = (shape or RequestShape()).body(request.params)
     body["model"] = model
     if request.messages is not None:
         body["messages"] = [{"role": role, "content": text} for role, text in request.messages]
@@ -62,9 +67,17 @@ def parse_result_line(line: dict[str, Any], n: int) -> Completion | str:
         usage = body.get("usage") or {}
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
         completion_tokens = int(usage.get("completion_tokens") or 0)
+        cached, reasoning = usage_details(usage)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
         return f"malformed answer ({type(error).__name__}: {error})"
-    return Completion(tuple(texts), prompt_tokens, completion_tokens, tuple(reasons))
+    return Completion(
+        tuple(texts),
+        prompt_tokens,
+        completion_tokens,
+        tuple(reasons),
+        cached_prompt_tokens=min(cached, prompt_tokens),
+        reasoning_tokens=min(reasoning, completion_tokens),
+    )
 
 
 class BatchTransport:
@@ -76,6 +89,11 @@ class BatchTransport:
     @property
     def model(self) -> str:
         return self.backend.model
+
+    @property
+    def shape(self) -> RequestShape:
+        """The fields the endpoint's model accepts, as its ordinary calls learned them."""
+        return self.backend.request_shape
 
     async def upload(self, lines: list[dict[str, Any]], name: str) -> str:
         """Upload `lines` as a JSONL batch input file; its file id."""

@@ -15,11 +15,10 @@ from anything a server sends back.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import ipaddress
 import os
-import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -39,7 +38,9 @@ from backends.errors import (
     RequestTimeout,
     ServerError,
     UnknownModel,
+    UnsupportedParameter,
 )
+from backends.openai_usage import merge_choices, parse_retry_after, split_total, usage_details
 from backends.protocol import (
     PURPOSE_HEADER,
     Capabilities,
@@ -49,6 +50,7 @@ from backends.protocol import (
     SamplingParams,
 )
 from backends.redaction import redact_known, remember_secret, scrub_text, scrub_url, url_password
+from backends.request_shape import RequestShape, refused_parameter
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 RATE_LIMIT_HEADER_PREFIXES = ("x-ratelimit", "anthropic-ratelimit", "x-tokenlimit", "retry-after")
@@ -79,56 +81,9 @@ def _clean(text: str) -> str:
     return redact_known(scrub_text(text))
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """`Retry-After` as seconds: either a number or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def sampling_body(params: SamplingParams) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "max_tokens": params.max_tokens,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "n": params.n,
-    }
-    if params.stop:
-        body["stop"] = list(params.stop)
-    if params.seed is not None:
-        body["seed"] = params.seed
-    return body
-
-
 def _purpose_headers(params: SamplingParams) -> dict[str, str] | None:
     """The `X-GPO-Purpose` header of a call whose requests say what they ask for."""
     return {PURPOSE_HEADER: str(params.purpose)} if params.purpose is not None else None
-
-
-def _split_total(total: int, weights: Sequence[int]) -> list[int]:
-    """Divide an integer total in proportion to weights so that the parts sum exactly to it.
-
-    A prompt-list call reports one `usage` for the whole call; the engine needs per-prompt
-    figures for its cache and ledger, and the ledger's sums must stay equal to the server's.
-    """
-    if len(weights) == 1:
-        return [total]
-    weight_sum = sum(weights) or len(weights)
-    if sum(weights) == 0:
-        weights = [1] * len(weights)
-    parts = [total * w // weight_sum for w in weights]
-    remainder = total - sum(parts)
-    for i in range(remainder):
-        parts[i % len(parts)] += 1
-    return parts
 
 
 class OpenAICompatibleBackend:
@@ -168,6 +123,13 @@ class OpenAICompatibleBackend:
         self._server_root = urlunsplit((parts.scheme, host, root_path, "", ""))
         self.model_source: str | None = None
         """The model file or directory a server started here loaded (its chat template)."""
+        self.model_fingerprint: str | None = None
+        """What tells apart models served under one name (weights, template, length), learned
+        when the endpoint is opened (`engine.server_identity`); part of `identity`."""
+        self.server_facts: dict[str, Any] = {}
+        """What the server said about itself when opened (kind, version, ...), for records."""
+        self.system_fingerprints: list[str] = []
+        """The distinct `system_fingerprint`s answers carried (hosted APIs), oldest first."""
         self._query = f"?{parts.query}" if parts.query else ""
         self._public_url = redact_url(self._base_url + self._query)
         self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
@@ -200,6 +162,8 @@ class OpenAICompatibleBackend:
         self.rate_limit_observer: Callable[[dict[str, str]], None] | None = None
         """Called with an answer's rate-limit headers (lower-case names), in the call's task,
         whenever an answer carries some (the engine paces calls by them)."""
+        self._shape = RequestShape(self._public_url)
+        """The fields this endpoint's model refuses, learned from its errors (request_shape)."""
         self._headers = {"Content-Type": "application/json"}
         if self._api_key:
             self._headers["Authorization"] = f"Bearer {self._api_key}"
@@ -209,8 +173,10 @@ class OpenAICompatibleBackend:
         """The endpoint as cache keys see it. Servers started on a fresh port each run (the
         embedded model, a managed vLLM) pass a stable identity so their answers stay cached."""
         if self._identity is not None:
-            return f"{self._identity}|{self._model}"
-        return f"openai-compatible|{self._public_url}|{self._model}"
+            base = f"{self._identity}|{self._model}"
+        else:
+            base = f"openai-compatible|{self._public_url}|{self._model}"
+        return f"{base}|{self.model_fingerprint}" if self.model_fingerprint else base
 
     @property
     def model(self) -> str:
@@ -255,12 +221,14 @@ class OpenAICompatibleBackend:
         timeout_s: float | None = None,
         *,
         at_root: bool = False,
+        with_headers: bool = False,
         form: aiohttp.FormData | None = None,
         raw_answer: bool = False,
     ) -> Any:
         """One call; `timeout_s` (connect and answer) replaces the session's timeout; `at_root`:
-        `path` is beside `/v1` (the server's own routes), not under it; `form` is sent as a
-        multipart body instead of `body`; `raw_answer` returns the answer's bytes unparsed."""
+        `path` is beside `/v1` (the server's own routes), not under it; `with_headers`: return
+        (answer, the answer's headers with lower-case names); `form` is sent as a multipart
+        body instead of `body`; `raw_answer` returns the answer's bytes unparsed."""
         query = self._query.replace("?", "&", 1) if "?" in path else self._query
         url = f"{self._server_root if at_root else self._base_url}{path}{query}"
         where = self._where(path)
@@ -280,6 +248,7 @@ class OpenAICompatibleBackend:
                 status = response.status
                 if self.rate_limit_observer is not None:
                     self._observe_rate_limits(response.headers)
+                answer_headers = {k.lower(): v for k, v in response.headers.items()}
                 if 300 <= status < 400:
                     target = redact_url(response.headers.get("Location", "") or "(no Location)")
                     raise Redirected(
@@ -310,12 +279,22 @@ class OpenAICompatibleBackend:
         if raw_answer:
             return raw
         try:
-            return orjson.loads(raw)
+            payload = orjson.loads(raw)
         except orjson.JSONDecodeError:
             snippet = _clean(raw[:80].decode("utf-8", "replace"))
             raise MalformedResponse(
                 f"answer is not JSON ({len(raw)} bytes, starting {snippet!r})", endpoint=where
             ) from None
+        if isinstance(payload, dict):
+            self._note_fingerprint(payload.get("system_fingerprint"))
+        return (payload, answer_headers) if with_headers else payload
+
+    def _note_fingerprint(self, fingerprint: Any) -> None:
+        """Keep a hosted API's `system_fingerprint` (its backend configuration) when new."""
+        seen = self.system_fingerprints
+        if isinstance(fingerprint, str) and fingerprint and fingerprint not in seen[-8:]:
+            seen.append(fingerprint[:64])
+            del seen[:-8]
 
     def _observe_rate_limits(self, headers: Any) -> None:
         assert self.rate_limit_observer is not None
@@ -346,6 +325,10 @@ class OpenAICompatibleBackend:
             )
         if status >= 500:
             return ServerError(f"HTTP {status}: {message}", endpoint=where, status=status)
+        if status == 400 and (param := refused_parameter(raw)) is not None:
+            return UnsupportedParameter(
+                f"HTTP 400: {message}", endpoint=where, status=status, param=param
+            )
         if status in (401, 403):
             return AuthenticationError(
                 f"HTTP {status}: the server refused the credentials", endpoint=where, status=status
@@ -384,19 +367,55 @@ class OpenAICompatibleBackend:
 
     async def complete(self, prompts: Sequence[str], params: SamplingParams) -> list[Completion]:
         """One `/v1/completions` call; a list of prompts when there is more than one."""
-        body = sampling_body(params)
-        body["model"] = self._model
-        body["prompt"] = prompts[0] if len(prompts) == 1 else list(prompts)
-        payload = await self._request("POST", "/completions", body, _purpose_headers(params))
-        return self._parse_choices(payload, len(prompts), params.n, "/completions", prompts)
+        prompt: Any = prompts[0] if len(prompts) == 1 else list(prompts)
+        return await self._generate("/completions", {"prompt": prompt}, params, prompts)
 
     async def chat(self, messages: Sequence[Message], params: SamplingParams) -> Completion:
         """One `/v1/chat/completions` call for one conversation."""
-        body = sampling_body(params)
-        body["model"] = self._model
-        body["messages"] = [{"role": role, "content": content} for role, content in messages]
-        payload = await self._request("POST", "/chat/completions", body, _purpose_headers(params))
-        return self._parse_choices(payload, 1, params.n, "/chat/completions", None)[0]
+        turns = [{"role": role, "content": content} for role, content in messages]
+        return (await self._generate("/chat/completions", {"messages": turns}, params, None))[0]
+
+    async def _generate(
+        self,
+        path: str,
+        content: dict[str, Any],
+        params: SamplingParams,
+        prompts: Sequence[str] | None,
+    ) -> list[Completion]:
+        """One generation call, re-sent with the refused field fitted when the model refuses
+        one (`backends.request_shape`); `n` choices one call each where `n` is refused."""
+        count = len(prompts) if prompts is not None else 1
+        for _ in range(len(self._shape.omitted) + 8):  # each round fits one more field
+            version = self._shape.version
+            try:
+                if params.n > 1 and self._shape.one_choice_per_call:
+                    return await self._one_choice_each(path, content, params, prompts)
+                body = {**self._shape.body(params), "model": self._model, **content}
+                payload = await self._request("POST", path, body, _purpose_headers(params))
+                return self._parse_choices(payload, count, params.n, path, prompts)
+            except UnsupportedParameter as error:
+                # Fitted now, by this refusal or by a concurrent call's: send again.
+                if not self._shape.learn(error.param) and self._shape.version == version:
+                    raise
+        raise ClientRequestError("the model refuses every request shape", endpoint=path)
+
+    async def _one_choice_each(
+        self,
+        path: str,
+        content: dict[str, Any],
+        params: SamplingParams,
+        prompts: Sequence[str] | None,
+    ) -> list[Completion]:
+        """`n` calls of one choice each (seeded seed, seed + 1, ...), merged per prompt."""
+        count = len(prompts) if prompts is not None else 1
+        rounds: list[list[Completion]] = []
+        for choice in range(params.n):
+            seed = None if params.seed is None else params.seed + choice
+            single = replace(params, n=1, seed=seed)
+            body = {**self._shape.body(single), "model": self._model, **content}
+            payload = await self._request("POST", path, body, _purpose_headers(single))
+            rounds.append(self._parse_choices(payload, count, 1, path, prompts))
+        return [merge_choices([answers[i] for answers in rounds]) for i in range(count)]
 
     def _parse_choices(
         self,
@@ -422,6 +441,7 @@ class OpenAICompatibleBackend:
                 seen += 1
             prompt_tokens = int(usage.get("prompt_tokens") or 0)
             completion_tokens = int(usage.get("completion_tokens") or 0)
+            cached_prompt, reasoning = usage_details(usage)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
             raise MalformedResponse(
                 f"answer lacks the expected choices ({type(error).__name__}: {error})",
@@ -433,16 +453,37 @@ class OpenAICompatibleBackend:
             )
         if prompt_count == 1:
             return [
-                Completion(tuple(texts[0]), prompt_tokens, completion_tokens, tuple(reasons[0]))
+                Completion(
+                    tuple(texts[0]),
+                    prompt_tokens,
+                    completion_tokens,
+                    tuple(reasons[0]),
+                    cached_prompt_tokens=cached_prompt,
+                    reasoning_tokens=reasoning,
+                )
             ]
-        prompt_parts = _split_total(prompt_tokens, [len(p) for p in prompts or ()])
-        completion_parts = _split_total(
-            completion_tokens, [sum(len(t) for t in group) for group in texts]
-        )
+        prompt_weights = [len(p) for p in prompts or ()]
+        completion_weights = [sum(len(t) for t in group) for group in texts]
+        prompt_parts = split_total(prompt_tokens, prompt_weights)
+        completion_parts = split_total(completion_tokens, completion_weights)
+        cached_parts = split_total(cached_prompt, prompt_weights)
+        reasoning_parts = split_total(reasoning, completion_weights)
         return [
-            Completion(tuple(texts[i]), prompt_parts[i], completion_parts[i], tuple(reasons[i]))
+            Completion(
+                tuple(texts[i]),
+                prompt_parts[i],
+                completion_parts[i],
+                tuple(reasons[i]),
+                cached_prompt_tokens=min(cached_parts[i], prompt_parts[i]),
+                reasoning_tokens=min(reasoning_parts[i], completion_parts[i]),
+            )
             for i in range(prompt_count)
         ]
+
+    @property
+    def request_shape(self) -> RequestShape:
+        """What this endpoint's model was found to refuse (the Batch API's lines use it too)."""
+        return self._shape
 
     async def api_call(
         self,
@@ -481,16 +522,34 @@ class OpenAICompatibleBackend:
         data = payload.get("data") if isinstance(payload, dict) else None
         return [entry for entry in data or () if isinstance(entry, dict)]
 
-    async def list_models(self, timeout_s: float | None = None) -> list[str]:
-        """The model ids the endpoint serves (`/v1/models`); `timeout_s` bounds this one call
-        (start-up probes use a short one, not the long generation timeout)."""
-        payload = await self._request("GET", "/models", None, timeout_s=timeout_s)
+    async def models_answer(
+        self, timeout_s: float | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """The `/v1/models` entries, each with an `id`, and the answer's headers (lower-case
+        names: `server` says which software answers); `timeout_s` bounds this one call."""
+        payload, headers = await self._request(
+            "GET", "/models", None, timeout_s=timeout_s, with_headers=True
+        )
         try:
-            return [entry["id"] for entry in payload["data"]]
+            entries = list(payload["data"])
+            if not all(isinstance(entry, dict) and "id" in entry for entry in entries):
+                raise KeyError("id")
         except (KeyError, TypeError) as error:
             raise MalformedResponse(
                 f"model list lacks data[].id ({error})", endpoint=self._where("/models")
             ) from None
+        return entries, headers
+
+    async def list_models(self, timeout_s: float | None = None) -> list[str]:
+        """The model ids the endpoint serves (`/v1/models`); `timeout_s` bounds this one call
+        (start-up probes use a short one, not the long generation timeout)."""
+        entries, _ = await self.models_answer(timeout_s)
+        return [entry["id"] for entry in entries]
+
+    async def get_from_server(self, path: str, timeout_s: float) -> Any:
+        """GET one of the server's own routes beside `/v1` (vLLM's `/version`, llama.cpp's
+        `/props`), on the same host, with the same session and errors as every other call."""
+        return await self._request("GET", path, None, timeout_s=timeout_s, at_root=True)
 
     async def embed(self, texts: Sequence[str], model: str | None = None) -> Embeddings:
         """One `/v1/embeddings` call: a vector per text, in input order, and the usage."""

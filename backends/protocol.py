@@ -87,6 +87,10 @@ class Completion:
 
     `cached` is true when the engine answered from its cache; the usage fields then hold what the
     original call cost (counted as saved by the ledger, never as spent).
+    `cached_prompt_tokens` (part of `prompt_tokens`) are the prompt tokens the server served from
+    its prompt cache (`usage.prompt_tokens_details.cached_tokens`), billed at a discount by hosted
+    APIs; `reasoning_tokens` (part of `completion_tokens`) are the hidden reasoning a model wrote
+    (`usage.completion_tokens_details.reasoning_tokens`), billed as output.
     """
 
     texts: tuple[str, ...]
@@ -94,6 +98,8 @@ class Completion:
     completion_tokens: int
     finish_reasons: tuple[str, ...] = ()
     cached: bool = False
+    cached_prompt_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def text(self) -> str:
@@ -116,6 +122,9 @@ class Capabilities:
     `multiple_choices`: `n > 1` is honoured in one call.
     `max_concurrency`: the number of sequences the server runs at once, when known
     (vLLM's `max_num_seqs`), used to size the engine's window.
+    `lists_confirmed`: prompt lists are known to work there (a server that says it is vLLM, or
+    capabilities a caller declared), so a 5xx on a list is the server's trouble, not the list's;
+    otherwise the engine learns it from the first list answered (`engine.list_fallback`).
     """
 
     prompt_lists: bool = True
@@ -123,6 +132,7 @@ class Capabilities:
     chat: bool = True
     completions: bool = True
     max_concurrency: int | None = None
+    lists_confirmed: bool = False
 
 
 @runtime_checkable

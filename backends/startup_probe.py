@@ -75,6 +75,18 @@ async def served_models(
     """The models the endpoint lists, trying a few times (each try bounded by the probe
     timeout) before calling it unreachable; None when it does not list models (some hosted
     APIs do not). `role` names the flag in the error: `--ROLE-url`."""
+    entries, _ = await served_model_entries(backend, role, attempts, timeout_s)
+    return None if entries is None else [entry["id"] for entry in entries]
+
+
+async def served_model_entries(
+    backend: OpenAICompatibleBackend,
+    role: str,
+    attempts: int = PROBE_ATTEMPTS,
+    timeout_s: float | None = None,
+) -> tuple[list[dict[str, Any]] | None, dict[str, str]]:
+    """`served_models`, with each model's whole `/v1/models` entry (vLLM's `root` and
+    `max_model_len`, llama.cpp's `meta`, the owner) and the answer's headers."""
     timeout_s = probe_timeout_s() if timeout_s is None else timeout_s
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -82,9 +94,10 @@ async def served_models(
     last: BackendError | None = None
     for attempt in range(attempts):
         try:
-            return await _with_notices(
-                backend.list_models(timeout_s=timeout_s), url, started, timeout_s
+            entries, headers = await _with_notices(
+                backend.models_answer(timeout_s=timeout_s), url, started, timeout_s
             )
+            return entries, headers
         except (ConnectionFailed, ServerError, RequestTimeout, MalformedResponse) as error:
             last = error
             if attempt + 1 < attempts:
@@ -96,7 +109,7 @@ async def served_models(
         except ClientRequestError as error:
             if isinstance(error, AuthenticationError | Redirected):
                 raise
-            return None
+            return None, {}
     raise ConfigError(
         f"--{role}-url {url}: the server cannot be reached after {attempts} attempts in "
         f"{loop.time() - started:.0f} s ({last}); each try waits {timeout_s:g} s "

@@ -83,6 +83,7 @@ class VllmInProcessBackend:
             chat=True,
             completions=True,
             max_concurrency=self._max_num_seqs,
+            lists_confirmed=True,
         )
 
     def _sampling(self, params: SamplingParams) -> Any:

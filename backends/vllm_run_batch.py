@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from backends.errors import ConfigError
+from backends.request_shape import RequestShape
 from backends.vllm_cpu import (
     CPU_KV_CACHE_ENV,
     CPU_KV_CACHE_GIB,
@@ -88,6 +89,10 @@ class LocalRunBatch:
     @property
     def model(self) -> str:
         return self._model
+
+    @property
+    def shape(self) -> RequestShape:
+        return RequestShape()
 
     def _meta_path(self, batch_id: str) -> Path:
         return self.work_dir / f"{batch_id}.json"

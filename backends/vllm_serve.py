@@ -271,6 +271,7 @@ class ManagedVllmServer(ManagedServerFront):
             chat=True,
             completions=True,
             max_concurrency=self._max_num_seqs or None,
+            lists_confirmed=True,
         )
 
     def _prepare(self) -> None:

@@ -11,20 +11,30 @@ Each opens its backends through `open_http_backend`: the key read from the endpo
 the connection pool sized from its concurrency and, unless the endpoint says not to, the start-up
 probe (`backends.startup_probe`), which checks the model against those the server lists or takes
 the first one, so an unknown model or an unreachable server is one clear error naming the flag.
+The probe's answer also tells which server this is (`engine.server_discovery`): a URL's
+capabilities follow from it unless the endpoint declares its own, and what identifies the model
+(plus, for servers started here, the weights' digest) enters the cache identity
+(`engine.server_identity`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 from backends.errors import ConfigError
 from backends.openai_client import OpenAICompatibleBackend
 from backends.protocol import Backend, Capabilities
-from backends.startup_probe import served_models
+from backends.startup_probe import probe_timeout_s, served_model_entries
 from engine.backend_registry import OpenContext, register_backend
 from engine.endpoint_pool import EndpointPool
 from engine.endpoint_spec import EndpointSpec
+from engine.server_discovery import discover
+from engine.server_identity import fingerprint, template_digest, weights_digest
 
 
 async def open_http_backend(
@@ -34,9 +44,13 @@ async def open_http_backend(
     *,
     model: str | None = None,
     identity: str | None = None,
+    managed: bool = False,
+    weights: Path | None = None,
 ) -> OpenAICompatibleBackend:
     """A backend for `url` with `spec`'s key, timeouts and connection pool; the model is `model`
-    (a server started here names its own), else `spec.model`, else the first one listed."""
+    (a server started here names its own), else `spec.model`, else the first one listed.
+    `managed`: a server started here (its capabilities are its own, its weights are `weights`
+    or the directory it reports as its `root`)."""
 
     def make(name: str | None) -> OpenAICompatibleBackend:
         return OpenAICompatibleBackend(
@@ -55,10 +69,11 @@ async def open_http_backend(
     if not spec.probe:
         return backend
     try:
-        models = await served_models(backend, spec.role)
+        entries, headers = await served_model_entries(backend, spec.role)
     except BaseException:
         await backend.close()
         raise
+    models = None if entries is None else [entry["id"] for entry in entries]
     if wanted:
         if models is not None and models and wanted not in models:
             await backend.close()
@@ -66,11 +81,49 @@ async def open_http_backend(
                 f"{spec.flag('model')} {wanted!r}: {backend.base_url} does not serve it; "
                 f"it serves: {', '.join(models)}"
             )
-        return backend
-    await backend.close()
-    if not models:
-        raise ConfigError(f"{spec.flag('model')}: {backend.base_url} lists no model; name one")
-    return make(models[0])
+    else:
+        await backend.close()
+        if not models:
+            raise ConfigError(f"{spec.flag('model')}: {backend.base_url} lists no model; name one")
+        backend = make(models[0])
+    try:
+        await _learn_server(backend, spec, entries, headers, managed, weights)
+    except BaseException:
+        await backend.close()
+        raise
+    return backend
+
+
+async def _learn_server(
+    backend: OpenAICompatibleBackend,
+    spec: EndpointSpec,
+    entries: list[dict[str, Any]] | None,
+    headers: dict[str, str],
+    managed: bool,
+    weights: Path | None,
+) -> None:
+    """Which server this is: its capabilities (for a URL whose endpoint declares none) and what
+    identifies its model, into the backend's cache identity."""
+    facts = await discover(backend, entries, headers, probe_timeout_s())
+    if not managed and spec.capabilities is None:
+        backend.with_capabilities(facts.capabilities())
+    identity = facts.model_identity()
+    if managed:  # hashed once per file and machine (remembered by path, size and time)
+        digest = await asyncio.to_thread(weights_digest, weights or facts.root)
+        if digest is not None:
+            identity["weights"] = digest
+    else:
+        templates = template_digest(facts.root)
+        if templates is not None:
+            identity["template_files"] = templates
+    backend.model_fingerprint = fingerprint(identity)
+    chosen = backend.capabilities
+    backend.server_facts = {
+        **facts.describe(),
+        "prompt_lists": chosen.prompt_lists,
+        "n": chosen.multiple_choices,
+        "window": chosen.max_concurrency,
+    }
 
 
 @contextlib.asynccontextmanager
@@ -90,7 +143,13 @@ async def open_urls(spec: EndpointSpec, context: OpenContext) -> AsyncIterator[B
     backends: list[Backend] = []
     try:
         for url, identity in zip(spec.urls, spec.url_identities(), strict=True):
-            capabilities = spec.capabilities or Capabilities()
+            # Declared capabilities are believed (lists included); else discovery decides.
+            declared = spec.capabilities
+            capabilities = (
+                replace(declared, lists_confirmed=declared.prompt_lists)
+                if declared is not None
+                else Capabilities()
+            )
             backends.append(await open_http_backend(spec, url, capabilities, identity=identity))
     except BaseException:
         for opened in backends:
@@ -117,6 +176,8 @@ async def open_embedded(spec: EndpointSpec, context: OpenContext) -> AsyncIterat
         server.capabilities,
         model=server.model_name,
         identity="embedded-llama.cpp",
+        managed=True,
+        weights=server.model_path,
     )
     if server.model_path is not None:  # where `--ROLE-chat-template server` finds the template
         backend.model_source = str(server.model_path)
@@ -139,7 +200,12 @@ async def open_vllm(spec: EndpointSpec, context: OpenContext) -> AsyncIterator[B
     )
     context.servers[spec.role] = server
     backend = await open_http_backend(
-        spec, server.url, server.capabilities, model=server.model_name, identity="managed-vllm"
+        spec,
+        server.url,
+        server.capabilities,
+        model=server.model_name,
+        identity="managed-vllm",
+        managed=True,
     )
     async with _closing(backend):
         yield backend

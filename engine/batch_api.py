@@ -176,7 +176,7 @@ class BatchRunner:
         future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
         self._waiters[custom_id].append(future)
         if custom_id not in self._submitted and custom_id not in self._queued:
-            line = request_line(custom_id, request, self.transport.model)
+            line = request_line(custom_id, request, self.transport.model, self.transport.shape)
             self._queued[custom_id] = (line, phase)
             self._arrived += 1
             if self._flusher is None or self._flusher.done():
@@ -322,13 +322,7 @@ class BatchRunner:
         for custom_id, completion, line_id in answered:
             if line_id not in self._charged:
                 self._charged.add(line_id)
-                self.ledger.record_answer(
-                    model,
-                    entry["phase"],
-                    completion.prompt_tokens,
-                    completion.completion_tokens,
-                    billing="batch",
-                )
+                self.ledger.record(model, entry["phase"], completion, billing="batch")
             self._submitted.discard(custom_id)
             for future in self._waiters.pop(custom_id, []):
                 if not future.done():

@@ -85,13 +85,25 @@ def encode_completion(completion: Completion) -> bytes:
             completion.prompt_tokens,
             completion.completion_tokens,
             completion.finish_reasons,
+            completion.cached_prompt_tokens,
+            completion.reasoning_tokens,
         )
     )
 
 
 def decode_completion(payload: bytes) -> Completion:
-    texts, prompt_tokens, completion_tokens, reasons = orjson.loads(payload)
-    return Completion(tuple(texts), prompt_tokens, completion_tokens, tuple(reasons), cached=True)
+    # Entries written before cached and reasoning tokens were kept have four fields.
+    texts, prompt_tokens, completion_tokens, reasons, *details = orjson.loads(payload)
+    cached_prompt, reasoning = [*details, 0, 0][:2]
+    return Completion(
+        tuple(texts),
+        prompt_tokens,
+        completion_tokens,
+        tuple(reasons),
+        cached=True,
+        cached_prompt_tokens=cached_prompt,
+        reasoning_tokens=reasoning,
+    )
 
 
 def _process_start_ticks(pid: int) -> int | None:

@@ -162,6 +162,7 @@ class EndpointPool:
             chat=all(c.chat for c in each),
             completions=all(c.completions for c in each),
             max_concurrency=None if None in limits else sum(limit or 0 for limit in limits),
+            lists_confirmed=all(c.lists_confirmed for c in each),
         )
 
     @property

@@ -71,6 +71,8 @@ class EndpointSpec:
     `probe`: ask the server which models it serves before any work, with the short start-up
     timeout, so a server that is down or a model it does not serve is one clear error; off
     where the model is known and every request counts (bench, the fault matrix).
+    `origin`: why this endpoint was chosen when the user did not name it (the embedded model's
+    local server), said and kept with the run's record of servers.
     """
 
     role: str = "default"
@@ -99,6 +101,7 @@ class EndpointSpec:
     routing: str = "affinity"
     """How several URLs share the calls (`engine.prefix_affinity.ROUTINGS`): "affinity" (prefix
     affinity with bounded loads) or "least-loaded" (for replicas behind a prefix-aware router)."""
+    origin: str | None = None
 
     def flag(self, name: str) -> str:
         """The command-line flag for this role's setting `name`: `--scorer-url` for "url"."""

@@ -18,8 +18,9 @@ decides how the work reaches the server:
 - Failures follow `engine.retry_policy` (exponential backoff with jitter, never sooner than
   `Retry-After`); a 429 pauses all dispatch until the server's reset. A call refused as invalid
   (4xx) is split so that one bad prompt cannot sink the others, and that prompt fails once,
-  without retries. A request that finally fails raises `RequestFailed` with its reason; nothing
-  is dropped silently.
+  without retries; a list the server refuses as a list is split once and lists are turned off
+  (`engine.list_fallback`). A request that finally fails raises `RequestFailed` with its reason;
+  nothing is dropped silently.
 - `Engine.embed(texts)` sends one `/v1/embeddings` call under the same rules (the same policy,
   the same pause on `Retry-After`, the same fatal errors, the same budget) and counts it in the
   ledger.
@@ -31,8 +32,7 @@ decides how the work reaches the server:
 - A run's `Budget` (`engine.budget`), shared by its engines, reserves each call's estimated cost
   before it is sent; once spent, every engine sharing it refuses new requests with
   `BudgetExhausted`.
-- With `engine.batch` set (`engine.batch_api.BatchRunner`), cacheable requests that miss the
-  cache go through the OpenAI Batch API instead (work that can wait, at the batch price).
+- `engine.batch` (a `engine.batch_api.BatchRunner`): cache misses go through the Batch API.
 - Answers are committed to the cache as each call returns, before callers see them; processes
   sharing one cache file claim keys before sending them (`engine.cache_claims`), so none pays
   twice for an answer.
@@ -67,11 +67,13 @@ from engine.config import EngineConfig
 from engine.embedding_calls import EmbeddingCalls
 from engine.fan_out import call_backend
 from engine.ledger import Ledger
+from engine.list_fallback import PromptListSupport
 from engine.pacing import Pacing
 from engine.queues import Priority, QueuedRequest, RequestQueues
 from engine.rate_limits import AdaptiveWindow
 from engine.request_key import request_key
 from engine.retry_policy import Action, RequestFailed
+from engine.server_identity import server_record, with_client_template
 from engine.server_load import ServerLoadProbe
 from engine.token_estimate import TokenEstimator
 
@@ -113,14 +115,17 @@ class Engine:
             tokens_per_minute=self.config.tokens_per_minute,
             rate_window_s=self.config.rate_window_s,
         )
-        self._use_lists = (
-            self.config.prompt_lists and capabilities.prompt_lists and capabilities.completions
+        self.prompt_lists = PromptListSupport(
+            self.config.prompt_lists and capabilities.prompt_lists and capabilities.completions,
+            getattr(backend, "base_url", backend.identity),
+            confirmed=capabilities.lists_confirmed,
         )
         # Chats are rendered on the client only once the server agreed with the rendering.
         self._render: ChatRenderer | None = None
         if self.config.chat_template and capabilities.completions:
             self._render = ChatRenderer(self.config.chat_template, backend)
-        self._identity = backend.identity
+        template = self._render.template if self._render is not None else None
+        self._identity = with_client_template(backend.identity, template)  # keys see the model
         self._model = backend.model
         self._queues = RequestQueues()
         self._tokens = TokenEstimator()
@@ -142,8 +147,7 @@ class Engine:
                 poll_max_s=self.config.claim_poll_max_s,
             )
         self._fatal: RequestFailed | None = None
-        self.batch: BatchRunner | None = None
-        """Set (with its `start()` called) to answer cacheable requests through the Batch API."""
+        self.batch: BatchRunner | None = None  # set (started) by callers: see engine.batch_api
         if hasattr(backend, "rate_limit_observer"):
             backend.rate_limit_observer = self.pacing.on_headers
         self._probe: ServerLoadProbe | None = None
@@ -189,8 +193,7 @@ class Engine:
                 await self._dispatcher
         if self._probe is not None:
             await self._probe.stop()
-        if self.batch is not None:
-            await self.batch.close()
+        await self.batch.close() if self.batch is not None else None
         parked = await self._claims.close() if self._claims is not None else []
         for item in self._queues.drain():
             self._fail(item, "the engine was closed before this request was sent", "closed")
@@ -337,9 +340,10 @@ class Engine:
         """The policy in effect, for run directories and logs (no credentials)."""
         return {
             "endpoint": self._identity,
+            **server_record(self.backend),
             "window": self.window.maximum,
             "window_measured": isinstance(self.window, MeasuredWindow),
-            "prompt_lists": self._use_lists,
+            **self.prompt_lists.describe(),
             **(self._render.describe() if self._render else {"chat_template": None}),
             "max_batch_size": self.config.max_batch_size,
             "requests_per_minute": self.config.requests_per_minute,
@@ -349,7 +353,7 @@ class Engine:
     # -- scheduling ----------------------------------------------------------------------------
 
     def _enqueue(self, item: QueuedRequest) -> None:
-        batchable = item.prompt is not None and self._use_lists and not item.solo
+        batchable = item.prompt is not None and self.prompt_lists.enabled and not item.solo
         self._queues.put(item, batchable)
         assert self._wakeup is not None
         self._wakeup.set()
@@ -367,7 +371,8 @@ class Engine:
                     await asyncio.sleep(pause)
                     continue
                 room = self.window.size - self._in_flight
-                params, items = self._queues.take(room, self.config.max_batch_size)
+                batch = self.prompt_lists.max_batch(self.config.max_batch_size)
+                params, items = self._queues.take(room, batch)
                 if self._claims is not None:
                     items = self._claims.claim(items)
                     if not items:
@@ -445,6 +450,7 @@ class Engine:
         answered = self.pacing.on_answer(len(items), started, self._in_flight)
         if self.pacing.counts_tokens:
             self._tokens.learn(items, completions)
+        self.prompt_lists.answered(items)
         self._in_flight -= len(items)
         self.ledger.record_call(self._model, items[0].phase, answered - started)
         self._store(items, completions)
@@ -481,9 +487,7 @@ class Engine:
         """Count each answer in the ledger and hand it to its callers."""
         by_key = self._in_flight_by_key
         for item, completion in zip(items, completions, strict=True):
-            self.ledger.record_answer(
-                self._model, item.phase, completion.prompt_tokens, completion.completion_tokens
-            )
+            self.ledger.record(self._model, item.phase, completion)
             if item.key is not None:
                 by_key.pop(item.key, None)
             if not item.future.done():
@@ -509,15 +513,11 @@ class Engine:
         if not error.retryable:
             if self._retry.is_fatal(error):
                 self._stop(RequestFailed(str(error), error.kind, 1, fatal=True), items)
-            elif len(items) > 1:
-                # One invalid prompt makes the whole list call fail: resend each on its own so
-                # that only the bad one fails.
-                for item in items:
-                    item.solo = True
-                    self._enqueue(item)
-            else:
+            elif not self._split(items, error):
                 for item in items:
                     self._fail(item, str(error), error.kind)
+            return
+        if self._split(items, error):
             return
         rate_limited = isinstance(error, RateLimited)
         self.pacing.on_congestion(error)
@@ -544,6 +544,16 @@ class Engine:
         if retry:
             logger.debug("retrying %d request(s) in %.2f s after: %s", len(retry), delay, error)
             asyncio.get_running_loop().call_later(delay, self._requeue, retry)
+
+    def _split(self, items: list[QueuedRequest], error: BackendError) -> bool:
+        """Resend a failed list prompt by prompt when the list may be the cause (an invalid
+        prompt, or a server that refuses lists: `engine.list_fallback`); True if it was split."""
+        if not self.prompt_lists.should_split(len(items), error):
+            return False
+        self.prompt_lists.split(items, error)
+        for item in items:
+            self._enqueue(item)
+        return True
 
     def _requeue(self, items: list[QueuedRequest]) -> None:
         if self._fatal is not None:

@@ -44,7 +44,7 @@ async def one_choice_at_a_time(
     for prompt in queries:
         texts: list[str] = []
         reasons: list[str] = []
-        prompt_tokens = completion_tokens = 0
+        prompt_tokens = completion_tokens = cached_prompt = reasoning = 0
         for choice in range(params.n):
             seed = None if params.seed is None else params.seed + choice
             single = replace(params, n=1, seed=seed)
@@ -56,5 +56,16 @@ async def one_choice_at_a_time(
             reasons.extend(answer.finish_reasons)
             prompt_tokens += answer.prompt_tokens
             completion_tokens += answer.completion_tokens
-        merged.append(Completion(tuple(texts), prompt_tokens, completion_tokens, tuple(reasons)))
+            cached_prompt += answer.cached_prompt_tokens
+            reasoning += answer.reasoning_tokens
+        merged.append(
+            Completion(
+                tuple(texts),
+                prompt_tokens,
+                completion_tokens,
+                tuple(reasons),
+                cached_prompt_tokens=cached_prompt,
+                reasoning_tokens=reasoning,
+            )
+        )
     return merged

@@ -4,6 +4,12 @@ Counts requests (sequences the server generated), HTTP calls, prompt and complet
 hits and the tokens they saved (a hit costs nothing: its usage is counted as saved, never as
 spent), retries, failures by kind, 429s, and latency percentiles. Dollars come from a
 `PriceTable`: tokens for hosted models, GPU-hours of wall time for local servers.
+
+Of the prompt tokens, those the server served from its prompt cache (`cached_prompt_tokens`) are
+priced at the table's cached-input rate; of the completion tokens, the reasoning tokens are
+billed as output but counted apart. A call sent through a Batch API is recorded with
+`billing="batch"`: its tokens count in the same totals and also under `batch_*`, and are priced
+at the table's batch rates.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.latency import LatencyHistogram
-from engine.prices import PriceTable
+from engine.prices import BILLINGS, PriceTable
 
 
 @dataclass(slots=True)
@@ -23,6 +29,12 @@ class UsageCounters:
     http_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    reasoning_tokens: int = 0
+    batch_requests: int = 0
+    batch_prompt_tokens: int = 0
+    batch_cached_prompt_tokens: int = 0
+    batch_completion_tokens: int = 0
     cache_hits: int = 0
     deduplicated: int = 0
     saved_prompt_tokens: int = 0
@@ -30,11 +42,6 @@ class UsageCounters:
     retries: int = 0
     rate_limited: int = 0
     failures: Counter[str] = field(default_factory=Counter)
-    # BATCH-HOOK (h/batch): requests answered through the Batch API and their tokens (also
-    # counted in requests/prompt_tokens/completion_tokens), billed at the batch price.
-    batch_requests: int = 0
-    batch_prompt_tokens: int = 0
-    batch_completion_tokens: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
@@ -67,17 +74,39 @@ class Ledger:
         phase: str,
         prompt_tokens: int,
         completion_tokens: int,
+        cached_prompt_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        *,
         billing: str = "standard",
     ) -> None:
-        """One answer's usage; `billing="batch"`: answered through the Batch API (its price)."""
+        """One answer's usage; `cached_prompt_tokens` are part of `prompt_tokens`,
+        `reasoning_tokens` of `completion_tokens`; `billing="batch"`: sent through a Batch API."""
+        if billing not in BILLINGS:
+            raise ValueError(f"billing {billing!r} is not one of {', '.join(BILLINGS)}")
+        cached_prompt_tokens = min(max(0, cached_prompt_tokens), prompt_tokens)
         c = self.counters(model, phase)
         c.requests += 1
         c.prompt_tokens += prompt_tokens
         c.completion_tokens += completion_tokens
+        c.cached_prompt_tokens += cached_prompt_tokens
+        c.reasoning_tokens += max(0, reasoning_tokens)
         if billing == "batch":
             c.batch_requests += 1
             c.batch_prompt_tokens += prompt_tokens
+            c.batch_cached_prompt_tokens += cached_prompt_tokens
             c.batch_completion_tokens += completion_tokens
+
+    def record(self, model: str, phase: str, completion: Any, *, billing: str = "standard") -> None:
+        """One answer's usage from a `backends.protocol.Completion` (see `record_answer`)."""
+        self.record_answer(
+            model,
+            phase,
+            completion.prompt_tokens,
+            completion.completion_tokens,
+            completion.cached_prompt_tokens,
+            completion.reasoning_tokens,
+            billing=billing,
+        )
 
     def record_call(self, model: str, phase: str, latency_s: float) -> None:
         c = self.counters(model, phase)
@@ -134,10 +163,7 @@ class Ledger:
                     unpriced.add(model)
                 per_key[(model, phase)] = 0.0
                 continue
-            per_key[(model, phase)] = price.token_cost(
-                c.prompt_tokens - c.batch_prompt_tokens,
-                c.completion_tokens - c.batch_completion_tokens,
-            ) + price.batch_token_cost(c.batch_prompt_tokens, c.batch_completion_tokens)
+            per_key[(model, phase)] = _token_cost(price, c)
             if price.gpu_hour_usd:
                 gpu_models[model] = price.gpu_hour_usd * price.gpus
         gpu_cost = sum(rate * self.wall_time_s / 3600 for rate in gpu_models.values())
@@ -157,8 +183,8 @@ class Ledger:
                     "http_calls": c.http_calls,
                     "prompt_tokens": c.prompt_tokens,
                     "completion_tokens": c.completion_tokens,
+                    **{name: getattr(c, name) for name in _DETAIL_FIELDS},
                     "cache_hits": c.cache_hits,
-                    "batch_requests": c.batch_requests,
                     "deduplicated": c.deduplicated,
                     "saved_prompt_tokens": c.saved_prompt_tokens,
                     "saved_completion_tokens": c.saved_completion_tokens,
@@ -176,6 +202,7 @@ class Ledger:
                 "http_calls",
                 "prompt_tokens",
                 "completion_tokens",
+                *_DETAIL_FIELDS,
                 "cache_hits",
                 "deduplicated",
                 "saved_prompt_tokens",
@@ -193,6 +220,7 @@ class Ledger:
                 "prompt_tokens": totals.prompt_tokens,
                 "completion_tokens": totals.completion_tokens,
                 "total_tokens": totals.prompt_tokens + totals.completion_tokens,
+                **{name: getattr(totals, name) for name in _DETAIL_FIELDS},
                 "cache_hits": totals.cache_hits,
                 "deduplicated": totals.deduplicated,
                 "saved_tokens": totals.saved_prompt_tokens + totals.saved_completion_tokens,
@@ -205,3 +233,30 @@ class Ledger:
             },
             "wall_time_s": round(self.wall_time_s, 3),
         }
+
+
+_DETAIL_FIELDS = (
+    "cached_prompt_tokens",
+    "reasoning_tokens",
+    "batch_requests",
+    "batch_prompt_tokens",
+    "batch_cached_prompt_tokens",
+    "batch_completion_tokens",
+)
+"""Usage beyond plain prompt and completion tokens, shown per row and in the totals."""
+
+
+def _token_cost(price: Any, c: UsageCounters) -> float:
+    """Dollars of one row's tokens: list-price calls and batch calls, each with its cached share."""
+    standard = price.token_cost(
+        c.prompt_tokens - c.batch_prompt_tokens,
+        c.completion_tokens - c.batch_completion_tokens,
+        c.cached_prompt_tokens - c.batch_cached_prompt_tokens,
+    )
+    batch = price.token_cost(
+        c.batch_prompt_tokens,
+        c.batch_completion_tokens,
+        c.batch_cached_prompt_tokens,
+        billing="batch",
+    )
+    return standard + batch

@@ -28,9 +28,20 @@ class Priority(IntEnum):
 class QueuedRequest:
     """One request waiting for its answer, and the future its callers wait on. `prompt`: the
     text it travels as in a prompt list (None for a chat sent as messages); `solo`: it must
-    travel alone (a list call with it was refused as invalid)."""
+    travel alone (a list call with it failed); `split`: that list, while this one has not been
+    answered alone (`engine.list_fallback`)."""
 
-    __slots__ = ("future", "history", "key", "phase", "priority", "prompt", "request", "solo")
+    __slots__ = (
+        "future",
+        "history",
+        "key",
+        "phase",
+        "priority",
+        "prompt",
+        "request",
+        "solo",
+        "split",
+    )
 
     def __init__(
         self,
@@ -49,6 +60,7 @@ class QueuedRequest:
         self.phase = phase
         self.history = RetryHistory()
         self.solo = False
+        self.split: object | None = None
 
 
 QueueKey = tuple[int, SamplingParams, bool]

@@ -36,6 +36,8 @@ from gpo.endpoint_flags import (
 from gpo.endpoints import open_engines
 from gpo.eval_job import EvalJob, check_out_dir, ensure_writable_dir, fresh_dir, run_eval_job
 from gpo.json_output import eval_json, interrupted_json, write_json
+from gpo.ledger_view import of_which
+from gpo.local_server import settle_local_server
 from gpo.optimize_args import DATA_DIR_HELP
 from gpo.progress_display import (
     ProgressDisplay,
@@ -122,6 +124,12 @@ def add_parser(subparsers: Any) -> None:
         help="print the final summary as one JSON object on stdout (fields: "
         "docs/json-output.md); the table goes to stderr",
     )
+    output.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the expected calls, tokens and dollars (cached prompt tokens counted) and "
+        "exit without sending a request",
+    )
     add_progress_arguments(output)
     add_scoring_arguments(parser)
     add_endpoint_arguments(parser, "scorer")
@@ -207,6 +215,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     interval = progress_interval(args)
     job = build_job(args)
+    settle_local_server(args, ["scorer"], command="gpo eval")
+    if args.dry_run:
+        return _dry_run(job, args)
     if args.out is not None:
         check_out_dir(args.out, overwrite=args.overwrite)
     out_dir = ensure_writable_dir(
@@ -251,6 +262,18 @@ def run(args: argparse.Namespace) -> int:
             )
             return EXIT_TERMINATED
     return _finish(args, summary, out_dir)
+
+
+def _dry_run(job: EvalJob, args: argparse.Namespace) -> int:
+    from gpo.dry_run import estimate_eval, print_estimates
+
+    estimates = estimate_eval(job, args)
+    if args.json:
+        tasks = {task: estimate.to_json() for task, estimate in estimates.items()}
+        write_json({"command": "eval", "status": "dry_run", "exit_code": 0, "estimates": tasks})
+    else:
+        print_estimates(estimates)
+    return 0
 
 
 def _finish(args: argparse.Namespace, summary: dict[str, Any], out_dir: Path) -> int:
@@ -309,7 +332,8 @@ def print_summary(summary: dict[str, Any], out_dir: Path, console: Console | Non
     totals = summary["ledger"]["totals"]
     console.print(
         f"requests {totals['requests']} (cache hits {totals['cache_hits']}), "
-        f"tokens {totals['prompt_tokens']} prompt + {totals['completion_tokens']} completion, "
+        f"tokens {totals['prompt_tokens']} prompt{of_which(totals)} + "
+        f"{totals['completion_tokens']} completion, "
         f"${totals['cost_usd']:.4f}, failures {summary['failures']}"
         + (f" {totals['failures_by_kind']}" if totals["failures_by_kind"] else "")
         + ", "

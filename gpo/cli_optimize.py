@@ -45,6 +45,7 @@ from gpo.endpoint_flags import ROLES
 from gpo.endpoint_flags import spec_from_args as engine_set_from_args
 from gpo.endpoints import open_engines
 from gpo.json_output import interrupted_json, optimize_json, write_json
+from gpo.local_server import settle_local_server
 from gpo.optimize_args import add_parser as add_parser  # the `gpo` command adds it from here
 from gpo.optimize_args import build_optimize_parser, spec_from_args
 from gpo.optimize_display import print_summary
@@ -125,6 +126,7 @@ def prepare(
     if found.is_dir():  # recorded, so that a resume from elsewhere reads the same data
         args.data_dir = str(found)
     spec = spec_from_args(args)
+    settle_local_server(args, ROLES, command="gpo optimize")  # kept in config.json's arguments
     run_dir = RunDirectory.create(args.run_dir or default_run_dir(spec))
     locks.enter_context(RunLock(run_dir.path, flag="--run-dir"))
     args.run_dir = Path(os.path.abspath(run_dir.path))
@@ -139,6 +141,7 @@ def _prepare_resume(
     changes are recorded once the run checks out and its lock is held."""
     reopened = reopen_run(args, build_optimize_parser())
     spec = spec_from_args(reopened.arguments)
+    settle_local_server(reopened.arguments, ROLES, stored=reopened.stored, command="gpo optimize")
     locks.enter_context(RunLock(reopened.run_dir.path, flag="--resume"))
     reopened.record_session()
     return reopened.arguments, spec, reopened.run_dir
@@ -150,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         from gpo.dry_run import estimate_run, print_estimates
 
         estimates = estimate_run(spec_from_args(args), args)
+        settle_local_server(args, ROLES, command="gpo optimize")  # says which, starts nothing
         if getattr(args, "json", False):
             tasks = {task: estimate.to_json() for task, estimate in estimates.items()}
             write_json(

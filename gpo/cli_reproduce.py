@@ -54,6 +54,7 @@ from gpo.endpoint_flags import (
 from gpo.endpoint_flags import spec_from_args as engine_set_from_args
 from gpo.endpoints import open_engines
 from gpo.ledger_view import run_totals
+from gpo.local_server import settle_local_server
 from gpo.methods import METHODS
 from gpo.optimize_args import DATA_DIR_HELP, add_run_shape_arguments, spec_from_args
 from gpo.progress_display import (
@@ -166,6 +167,7 @@ def _prepare_new(
     found = resolve_data_dir(args.data_dir)
     if found.is_dir():
         args.data_dir = str(found)
+    settle_local_server(args, ROLES, command="gpo reproduce")  # kept in every cell's arguments
     cells = plan_cells(args)
     path = args.sweep_dir or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-reproduce"
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
@@ -206,6 +208,7 @@ def _prepare_resume(
     merged.data_dir = str(resolve_data_dir(merged.data_dir))
     for role in ROLES:
         setattr(merged, f"{role}_url_identities", url_identities(stored, merged, role))
+    settle_local_server(merged, ROLES, stored=stored, command="gpo reproduce")
     cells = plan_cells(merged)
     changes = resume_changes(stored, merged)
     if changes:

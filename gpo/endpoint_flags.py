@@ -3,7 +3,9 @@ an engine specification (`spec_from_args` -> `engine.endpoint_spec.EngineSetSpec
 
 Each role gets an endpoint: `--ROLE-url` (one or several: several are spread by least outstanding
 work), a managed `vllm serve` (`--ROLE-vllm MODEL`), or, when the role names no endpoint and
-OPENAI_BASE_URL is unset, the embedded SmolLM2 model served by llama.cpp (shared by the roles).
+OPENAI_BASE_URL is unset, the embedded SmolLM2 model (shared by the roles) on the local server
+`--local-server` names: vLLM where the machine runs it, else llama.cpp (`gpo.local_server`
+chooses and sets `args.local_server` before the specification is built; unset means llama.cpp).
 
 API keys are read from an environment variable (`--ROLE-api-key-env`, default OPENAI_API_KEY) or
 a file (`--ROLE-api-key-file`), never from the command line, so they stay out of shell history,
@@ -188,10 +190,20 @@ def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--no-cache", action="store_true", help="do not cache answers")
     group.add_argument(
+        "--local-server",
+        choices=("auto", "vllm", "llamacpp"),
+        help="the server of the embedded model, for roles that name no endpoint: vllm (its CPU "
+        "build without a GPU), llamacpp, or auto (default, or GPO_LOCAL_SERVER): vLLM where it "
+        "is installed and this machine runs it, else llama.cpp; a resumed run keeps its own",
+    )
+    group.add_argument(
         "--prices",
         type=Path,
         metavar="PATH",
-        help="JSON price table extending the built-in one (default: the built-in one)",
+        help="JSON price table extending the built-in one (default: the built-in one): "
+        '{"MODEL": {"input_per_mtok": IN, "output_per_mtok": OUT}}, optionally '
+        "cached_input_per_mtok (default: the input price), batch_input_per_mtok, "
+        "batch_output_per_mtok, batch_cached_input_per_mtok (default: half the list price)",
     )
     group.add_argument(
         "--max-retries",
@@ -280,8 +292,16 @@ def endpoint_spec_from_args(args: argparse.Namespace, role: str) -> EndpointSpec
     describe it. Reads no key and opens no socket."""
     kind = endpoint_kind(args, role)
     urls: Sequence[str] = ()
+    serve = getattr(args, f"{role}_vllm", None)
+    origin = None
     if kind == "url":
         urls = getattr(args, f"{role}_url", None) or [os.environ["OPENAI_BASE_URL"]]
+    elif kind == "embedded":  # on the server `gpo.local_server` chose (llama.cpp when unset)
+        local = getattr(args, "local_server", None) or "llamacpp"
+        reason = getattr(args, "local_server_reason", None)
+        origin = f"local server {local}" + (f": {reason}" if reason else "")
+        if local == "vllm":
+            kind, serve = "vllm", "embedded"
     # A resumed run whose endpoint moved keeps the old URLs' cache identities.
     identities = getattr(args, f"{role}_url_identities", None) or ()
     return EndpointSpec(
@@ -290,7 +310,8 @@ def endpoint_spec_from_args(args: argparse.Namespace, role: str) -> EndpointSpec
         urls=tuple(urls),
         identities=tuple(identities),
         model=getattr(args, f"{role}_model", None),
-        serve=getattr(args, f"{role}_vllm", None),
+        serve=serve,
+        origin=origin,
         api_key=ApiKeySource(
             env=getattr(args, f"{role}_api_key_env", DEFAULT_KEY_ENV),
             file=getattr(args, f"{role}_api_key_file", None),

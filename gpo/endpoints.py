@@ -14,6 +14,7 @@ fault matrix write theirs (`perf.engines`, `perf.fault_run`).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,19 @@ from engine.ledger import Ledger
 from engine.prices import ModelPrice, PriceTable
 from gpo.budget_guard import refuse_unpriced_dollar_cap
 from gpo.endpoint_flags import BoundedNumber as BoundedNumber  # re-exported
-from gpo.run_servers import explain_server_death, record_server, server_description
+from gpo.run_servers import (
+    explain_server_death,
+    record_learned,
+    record_server,
+    server_description,
+)
 
 
-def _record(run_dir: Path, role: str, server: Any, backend: Backend) -> None:
-    """Print and keep which server `role` uses (a managed one's own description, or the URL)."""
+def _record(
+    run_dir: Path, role: str, server: Any, backend: Backend, origin: str | None = None
+) -> None:
+    """Print and keep which server `role` uses (a managed one's own description, or the URL),
+    and why when the command chose it (`origin`)."""
     url = getattr(backend, "base_url", None)
     if url is None:  # a pool: every endpoint's identity names its URL
         url = ", ".join(status.identity for status in getattr(backend, "status", tuple)())
@@ -56,6 +65,8 @@ def _record(run_dir: Path, role: str, server: Any, backend: Backend) -> None:
         model=backend.model,
         log_path=getattr(process, "log_path", None),
         version=getattr(server, "version", None),
+        facts=getattr(backend, "server_facts", None) if server is None else None,
+        origin=origin,
     )
 
 
@@ -78,7 +89,7 @@ async def open_engines(spec: EngineSetSpec) -> AsyncIterator[dict[str, Engine]]:
                 backend = await stack.enter_async_context(open_backend(endpoint, context))
                 if spec.log_dir is not None:  # a CLI run: say which server each role uses
                     server = context.servers.get(endpoint.role)
-                    _record(spec.log_dir, endpoint.role, server, backend)
+                    _record(spec.log_dir, endpoint.role, server, backend, endpoint.origin)
                 if endpoint.gpu_hour_usd is not None:
                     prices.set(backend.model, ModelPrice(gpu_hour_usd=endpoint.gpu_hour_usd))
                 if not spec.shared_ledger and engines:
@@ -95,6 +106,8 @@ async def open_engines(spec: EngineSetSpec) -> AsyncIterator[dict[str, Engine]]:
                 )
                 await stack.enter_async_context(engine)
                 engines[endpoint.role] = engine
+                learned = functools.partial(record_learned, spec.log_dir, endpoint.role)
+                engine.prompt_lists.on_refused(functools.partial(learned, "no prompt lists"))
             refuse_unpriced_dollar_cap(spec.budget_usd, engines, prices)
             started = list({id(server): server for server in context.servers.values()}.values())
             try:

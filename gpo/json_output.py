@@ -11,7 +11,11 @@ Fields of both commands:
 
 - `command`: "optimize" or "eval"; `status` (below); `exit_code`: the process's exit status.
 - `cost`: `calls` (sequences the models generated), `http_calls`, `cache_hits` (answered from
-  the cache, free), `prompt_tokens`, `completion_tokens`, `total_tokens`, `usd` (0.0 when no
+  the cache, free), `prompt_tokens`, `completion_tokens`, `total_tokens`,
+  `cached_prompt_tokens` (of the prompt tokens, those the provider served from its prompt cache,
+  billed at the cached-input price), `reasoning_tokens` (of the completion tokens, hidden
+  reasoning, billed as output), `batch_prompt_tokens` and `batch_completion_tokens` (sent
+  through a Batch API, billed at its price), `usd` (0.0 when no
   model is priced), `unpriced_models`, and `by_phase`: per ledger phase ("scoring",
   "optimizing", ...) the same counts and `usd` (token prices only; a GPU-hour price is charged
   on wall time and appears in the total `usd` alone).
@@ -41,7 +45,16 @@ from typing import Any
 
 import orjson
 
-_COUNTS = ("http_calls", "cache_hits", "prompt_tokens", "completion_tokens")
+_COUNTS = (
+    "http_calls",
+    "cache_hits",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_prompt_tokens",
+    "reasoning_tokens",
+    "batch_prompt_tokens",
+    "batch_completion_tokens",
+)
 
 
 def phase_costs(ledgers: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -16,6 +16,11 @@ SUMMED_TOTALS = (
     "prompt_tokens",
     "completion_tokens",
     "total_tokens",
+    "cached_prompt_tokens",
+    "reasoning_tokens",
+    "batch_prompt_tokens",
+    "batch_cached_prompt_tokens",
+    "batch_completion_tokens",
     "cache_hits",
     "deduplicated",
     "saved_tokens",
@@ -69,3 +74,17 @@ def run_totals(sessions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     totals["wall_time_s"] = round(sum(float(s.get("wall_time_s", 0.0)) for s in sessions), 3)
     totals["sessions"] = len(sessions)
     return totals
+
+
+def of_which(totals: Mapping[str, Any]) -> str:
+    """ ", of which N cached, M reasoning, K by batch" for a summary line; "" when none are."""
+    parts = [
+        f"{int(totals.get(name, 0) or 0):,} {label}"
+        for name, label in (
+            ("cached_prompt_tokens", "cached"),
+            ("reasoning_tokens", "reasoning"),
+            ("batch_prompt_tokens", "prompt by batch"),
+        )
+        if totals.get(name)
+    ]
+    return f" ({', '.join(parts)})" if parts else ""

@@ -21,6 +21,7 @@ from gpo.endpoint_flags import BoundedNumber, add_endpoint_arguments, add_shared
 from gpo.meta_prompts import SCORE_SCALES, UPDATE_STYLES
 from gpo.methods import METHOD_PRESETS, METHODS, config_for_method
 from gpo.progress_display import add_progress_arguments
+from gpo.racing_args import add_racing_arguments, racing_from_args
 from gpo.retrieval import DIRECTIONS, RELEVANCE_ORDERS
 from gpo.runner import RunSpec
 from gpo.schedules import SCHEDULE_KINDS
@@ -106,6 +107,7 @@ def add_run_shape_arguments(parser: argparse.ArgumentParser, *, seed: bool = Tru
     _add_generation_knobs(knobs, seed=seed)
     _add_embedder_arguments(parser.add_argument_group("embeddings (relevance retrieval)"))
     add_scoring_arguments(parser.add_argument_group("scoring"))
+    add_racing_arguments(parser.add_argument_group("candidate racing"))
 
 
 def _add_task_arguments(what: Any) -> None:
@@ -327,6 +329,7 @@ def optimizer_config_from_args(args: argparse.Namespace) -> OptimizerConfig:
     if getattr(args, "test_every_step", False):
         overrides["test_every_step"] = True
     overrides["instruction_position"] = args.position
+    overrides["racing"] = racing_from_args(args)
     if args.initial_prompt is not None and not METHOD_PRESETS[args.method].get("optimize", True):
         raise ConfigError(
             f"--initial-prompt: the method {args.method} scores a fixed prompt; "

@@ -7,12 +7,14 @@ dollar. Progress while it runs is `gpo.progress_display`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from gpo.ledger_view import of_which as _of_which
 
 
 def _percent(value: float | None) -> str:
@@ -63,7 +65,7 @@ def print_summary(
     totals = summary["run_totals"]
     line = (
         f"tokens {totals.get('total_tokens', 0):,} "
-        f"(prompt {totals.get('prompt_tokens', 0):,}, completion "
+        f"(prompt {totals.get('prompt_tokens', 0):,}{_of_which(totals)}, completion "
         f"{totals.get('completion_tokens', 0):,}), cache hits {totals.get('cache_hits', 0):,}, "
         f"${summary['cost_usd']:.4f}, wall {summary.get('wall_time_s', 0.0):.1f} s"
     )
@@ -79,6 +81,9 @@ def print_summary(
             + (f"{per_usd:+.2f} points per dollar; " if per_usd is not None else "no price; ")
             + (f"{per_mtok:+.3f} points per million tokens" if per_mtok is not None else "")
         )
+    racing = racing_line(summary["tasks"])
+    if racing:
+        console.print(racing)
     unpriced = totals.get("unpriced_models") or []
     if unpriced:
         console.print(f"[dim]no price for {', '.join(unpriced)} (--prices, --ROLE-gpu-hour-usd)")
@@ -88,3 +93,19 @@ def print_summary(
             f"continue with: gpo optimize --resume {run_path} --budget-usd ...[/yellow]"
         )
     console.print(f"run directory: {run_path}")
+
+
+def racing_line(tasks: Sequence[Mapping[str, Any]]) -> str | None:
+    """One line on what `--racing` saved, or None when it was off."""
+    steps = [step for task in tasks for step in task.get("racing", ())]
+    if not steps:
+        return None
+    scored = sum(int(step["chains_scored"]) for step in steps)
+    full = sum(int(step["chains_full"]) for step in steps)
+    saved = full - scored
+    per_step = ", ".join(f"{int(s['chains_full']) - int(s['chains_scored'])}" for s in steps)
+    return (
+        f"racing (delta {steps[0]['delta']:g}, epsilon {steps[0]['epsilon']:.3g}): "
+        f"{scored:,} of {full:,} candidate chains scored, {saved:,} saved "
+        f"({saved / full:.0%}); saved per step: {per_step}"
+    )

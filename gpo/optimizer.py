@@ -31,6 +31,7 @@ and its refusal of made-up means, is `gpo.task_scoring`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,7 @@ from backends.errors import ConfigError
 from backends.protocol import Completion, Purpose, Request, SamplingParams
 from benchmarks.sample import Sample
 from engine.engine import BudgetExhausted, Priority, RequestFailed
+from engine.race_runner import RaceOutcome
 from gpo.candidates import parse_candidates, parse_marked_answer
 from gpo.config import OptimizerConfig
 from gpo.embedders import Embedder
@@ -153,6 +155,7 @@ class _TaskRun:
             raise ConfigError(f"task {self.name}: the dev (eval) split is empty")
         self.trajectory = Trajectory()
         self.known_scores: dict[str, float] = {}
+        self.racing_steps: list[dict[str, Any]] = []
         self.word_budgets: list[int | None] = []
         self.problem_momentum: str | None = None
         self.summary_entry: TrajectoryEntry | None = None
@@ -255,11 +258,14 @@ class _TaskRun:
                 dropped,
             )
         new_prompts = [c.prompt for c in candidates if c.known_score is None]
-        if new_prompts:
-            scores = await self.scorer.scores("eval", self.dev, new_prompts, step, "candidates")
-            for prompt, score in zip(new_prompts, scores, strict=True):
-                self.known_scores[prompt] = float(score)
-        scored = [(c.prompt, self.known_scores[c.prompt]) for c in candidates]
+        race = await self._score_candidates(step, new_prompts)
+        # A candidate racing dropped has no full-dev score: it cannot be chosen (a survivor is
+        # better, with probability 1 - delta) and its partial mean is never kept as a score.
+        scored = [
+            (c.prompt, self.known_scores[c.prompt])
+            for c in candidates
+            if c.prompt in self.known_scores
+        ]
         chosen = choose_next(scored, self.trajectory.chosen_prompts())
         if chosen is None:
             logger.warning(
@@ -270,8 +276,38 @@ class _TaskRun:
             chosen = (current.prompt, current.dev_score)
         entry = TrajectoryEntry(step, chosen[0], chosen[1])
         self.trajectory.append(entry)
-        self._record_candidates(step, candidates, chosen[0])
-        self._record_trajectory(entry, budget, candidates=len(candidates), new=len(new_prompts))
+        self._record_candidates(step, candidates, chosen[0], race)
+        self._record_trajectory(
+            entry, budget, candidates=len(candidates), new=len(new_prompts), race=race
+        )
+
+    async def _score_candidates(self, step: int, new_prompts: Sequence[str]) -> RaceOutcome | None:
+        """Score the step's new candidates on dev: each on every sample, or raced (`--racing`)."""
+        racing = self.config.racing
+        if not new_prompts:
+            return None
+        if racing is None or len(new_prompts) < 2:
+            scores = await self.scorer.scores("eval", self.dev, new_prompts, step, "candidates")
+            for prompt, score in zip(new_prompts, scores, strict=True):
+                self.known_scores[prompt] = float(score)
+            return None
+        # Each step visits the dev samples in its own order, fixed by the run's seed and the step.
+        settings = dataclasses.replace(racing, seed=self.config.seed * 100_003 + step + 1)
+        means, outcome = await self.scorer.race(self.dev, new_prompts, step, settings)
+        self.racing_steps.append(
+            {
+                "step": step,
+                "chains_scored": outcome.chains_scored,
+                "chains_full": outcome.chains_full,
+                "dropped": len(outcome.dropped_at),
+                "delta": outcome.delta,
+                "epsilon": outcome.epsilon,
+            }
+        )
+        for prompt, mean in zip(new_prompts, means, strict=True):
+            if mean is not None:
+                self.known_scores[prompt] = mean
+        return outcome
 
     # -- update direction helpers --------------------------------------------------------------
 
@@ -460,6 +496,7 @@ class _TaskRun:
             word_budgets=tuple(self.word_budgets),
             test_by_step=tuple(test_by_step),
             wall_time_s=time.monotonic() - self.started,
+            racing_steps=tuple(self.racing_steps),
         )
 
     def _record_trajectory(
@@ -469,6 +506,7 @@ class _TaskRun:
         *,
         candidates: int = 0,
         new: int = 0,
+        race: RaceOutcome | None = None,
     ) -> None:
         if self.recorder is None:
             return
@@ -486,6 +524,7 @@ class _TaskRun:
                     "word_budget": budget,
                     "candidates": candidates,
                     "new_candidates": new,
+                    **({} if race is None else {"racing": race.to_json()}),
                 }
             ],
         )
@@ -496,9 +535,12 @@ class _TaskRun:
                 "meta_prompts", [{"step": step, "kind": kind, "text": text, "answers": answers}]
             )
 
-    def _record_candidates(self, step: int, candidates: Sequence[Any], chosen: str) -> None:
+    def _record_candidates(
+        self, step: int, candidates: Sequence[Any], chosen: str, race: RaceOutcome | None
+    ) -> None:
         if self.recorder is None:
             return
+        raced = {} if race is None else race.candidate_rows([c.prompt for c in candidates])
         self.recorder.append(
             "candidates",
             [
@@ -506,10 +548,11 @@ class _TaskRun:
                     "step": step,
                     "index": c.index,
                     "prompt": c.prompt,
-                    "dev_score": self.known_scores[c.prompt],
+                    "dev_score": self.known_scores.get(c.prompt),
                     "reused": c.known_score is not None,
                     "chosen": c.prompt == chosen,
                     "raw": c.raw,
+                    **raced.get(c.prompt, {}),
                 }
                 for c in candidates
             ],

@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from engine.race_runner import RaceOutcome, race_prompts
+from engine.racing import RacingSettings
 from gpo.config import OptimizerConfig
 from gpo.ledger_view import engines_snapshot
 from gpo.optimizer import OPTIMIZING_PHASE
@@ -286,6 +288,31 @@ class ProgressEvaluator:
         try:
             return await self.inner.evaluate(
                 task, prompts, split, limit=limit, on_record=counted, **options
+            )
+        finally:
+            self.tracker.evaluation_finished(key)
+
+    async def race(
+        self,
+        task: Any,
+        prompts: Sequence[str],
+        split: str,
+        settings: RacingSettings,
+    ) -> tuple[Any, RaceOutcome]:
+        """Race `prompts` through the inner evaluator (see `engine.race_runner`), counted here.
+
+        The planned work is every chain, as without racing: the chains racing saves end the
+        phase early, so the ETA errs long, never short."""
+        key = self.key or task.name
+        self.tracker.evaluation_started(key, split, len(prompts) * len(task.split(split)))
+        try:
+            return await race_prompts(
+                self.inner,
+                task,
+                prompts,
+                split,
+                settings,
+                on_record=lambda _: self.tracker.item_scored(key),
             )
         finally:
             self.tracker.evaluation_finished(key)

@@ -103,9 +103,10 @@ def cost_table(run: RunReport) -> list[str]:
     if not run.ledgers:
         return ["No ledger recorded."]
     lines = [
-        "| session | model | phase | requests | prompt tokens | completion tokens | cache hits "
-        "| saved tokens | failures | cost ($) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| session | model | phase | requests | prompt tokens | of which cached "
+        "| completion tokens | of which reasoning | cache hits | saved tokens | failures "
+        "| cost ($) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for session, ledger in enumerate(run.ledgers, start=1):
         for row in ledger.get("rows", []):
@@ -113,7 +114,8 @@ def cost_table(run: RunReport) -> list[str]:
             failures = sum((row.get("failures") or {}).values())
             lines.append(
                 f"| {session} | {row['model']} | {row['phase']} | {row['requests']:,} | "
-                f"{row['prompt_tokens']:,} | {row['completion_tokens']:,} | "
+                f"{row['prompt_tokens']:,} | {row.get('cached_prompt_tokens', 0):,} | "
+                f"{row['completion_tokens']:,} | {row.get('reasoning_tokens', 0):,} | "
                 f"{row['cache_hits']:,} | {saved:,} | {failures} | {row['cost_usd']:.4f} |"
             )
     totals = run_totals(list(run.ledgers))
@@ -171,8 +173,38 @@ def markdown_report(runs: Sequence[RunReport], png_name: str | None) -> str:
             step = shown_step(result.final_step)
             lines += [f"**{curve.task}** (step {step}, {score}):", ""]
             lines += ["```text", result.final_prompt or "(empty prompt)", "```", ""]
+        lines += racing_section(run)
         lines += ["### Cost", "", *cost_table(run), ""]
     return "\n".join(lines)
+
+
+def racing_section(run: RunReport) -> list[str]:
+    """What `--racing` did, step by step (nothing when it was off)."""
+    rows = [
+        (curve.task, step)
+        for curve in run.curves
+        if curve.result is not None
+        for step in curve.result.racing_steps
+    ]
+    if not rows:
+        return []
+    first = rows[0][1]
+    lines = [
+        "### Candidate racing",
+        "",
+        f"delta {first['delta']:g}, epsilon {first['epsilon']:.3g}; the chosen candidate of "
+        "every step was scored on every dev sample.",
+        "",
+        "| task | step | candidates dropped | chains scored | of | saved |",
+        "|---|---|---|---|---|---|",
+    ]
+    for task, step in rows:
+        full, scored = int(step["chains_full"]), int(step["chains_scored"])
+        lines.append(
+            f"| {task} | {shown_step(int(step['step']))} | {step['dropped']} | {scored:,} "
+            f"| {full:,} | {(full - scored) / full:.0%} |"
+        )
+    return [*lines, ""]
 
 
 def write_report(run_paths: Sequence[str | Path], out_dir: Path | None = None) -> tuple[Path, Path]:

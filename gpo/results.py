@@ -37,6 +37,8 @@ class TaskResult:
     word_budgets: tuple[int | None, ...] = ()
     test_by_step: tuple[tuple[int, float], ...] = ()
     wall_time_s: float = 0.0
+    # With --racing: per step, the chains scored and the chains a full evaluation would score.
+    racing_steps: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,6 +62,8 @@ class TaskResult:
             "word_budgets": list(self.word_budgets),
             "test_by_step": [[step, score] for step, score in self.test_by_step],
             "wall_time_s": round(self.wall_time_s, 3),
+            # Written only with racing on, so a run without it writes what it always wrote.
+            **({"racing": list(self.racing_steps)} if self.racing_steps else {}),
         }
 
     @classmethod
@@ -85,4 +89,5 @@ class TaskResult:
             word_budgets=tuple(data.get("word_budgets", [])),
             test_by_step=tuple((int(s), float(v)) for s, v in data.get("test_by_step", [])),
             wall_time_s=float(data.get("wall_time_s", 0.0)),
+            racing_steps=tuple(data.get("racing", ())),
         )

@@ -3,7 +3,10 @@
 A run's numbers mean little without knowing what answered them: the embedded llama.cpp model, a
 managed vLLM (CPU build or `vllm serve`, which version), or a URL the user gave. Each session
 appends one JSON line per role to `servers.jsonl` (a resumed run adds its own lines) and prints
-`gpo: ROLE: DESCRIPTION` on stderr. URLs are shown without credentials or query strings.
+`gpo: ROLE: DESCRIPTION` on stderr, with why when the command chose it (the embedded model's
+local server, `gpo.local_server`: e.g. "local server vllm: vLLM's CPU build is installed and this
+CPU runs it (AVX-512 BF16)", kept as `origin`). URLs are shown without credentials or query
+strings.
 
 A server the run started that dies mid-run (killed, out of memory) otherwise surfaces as "cannot
 connect" to a port the user never chose; `server_died_error` turns that into an error naming the
@@ -46,10 +49,16 @@ def record_server(
     model: str,
     log_path: Path | None = None,
     version: str | None = None,
+    facts: dict[str, Any] | None = None,
+    origin: str | None = None,
 ) -> None:
-    """Say on stderr which server `role` uses, and append it to the run's `servers.jsonl`."""
+    """Say on stderr which server `role` uses (and why, `origin`, when the command chose it),
+    and append it to the run's `servers.jsonl`; `facts`: what the server said about itself
+    (`engine.server_discovery`)."""
     where = f"; log {log_path}" if log_path is not None else ""
-    print(f"gpo: {role}: {description}{where}", file=sys.stderr, flush=True)
+    learned = f" ({_facts_line(facts)})" if facts else ""
+    why = f" [{origin}]" if origin else ""
+    print(f"gpo: {role}: {description}{learned}{why}{where}", file=sys.stderr, flush=True)
     if run_dir is None:
         return
     entry = {
@@ -61,10 +70,35 @@ def record_server(
         "model": model,
         "version": version,
         "log": str(log_path) if log_path is not None else None,
+        "origin": origin,
     }
+    if facts:
+        entry["server"] = facts
+    _append(run_dir, entry)
+
+
+def _facts_line(facts: dict[str, Any]) -> str:
+    """What discovery found, in words: "llama-cpp-python: window 1, no prompt lists, n ignored"."""
+    kind = " ".join(str(facts[name]) for name in ("kind", "version") if facts.get(name))
+    window = facts.get("window")
+    said = [f"window {window}" if window else "window by default"]
+    said.append("prompt lists" if facts.get("prompt_lists") else "no prompt lists")
+    said.append("n honoured" if facts.get("n") else "n ignored")
+    return f"{kind}: {', '.join(said)}"
+
+
+def _append(run_dir: Path, entry: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     with (run_dir / SERVERS_FILE).open("ab") as handle:
         handle.write(orjson.dumps(entry) + b"\n")
+
+
+def record_learned(run_dir: Path | None, role: str, what: str, reason: str) -> None:
+    """Keep in `servers.jsonl` a capability learned mid-run (`what`: "no prompt lists")."""
+    if run_dir is None:
+        return
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "role": role, "learned": what}
+    _append(run_dir, {**entry, "reason": reason})
 
 
 def read_servers(run_dir: Path) -> list[dict[str, Any]]:

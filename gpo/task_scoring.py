@@ -16,10 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from backends.errors import GpoError
+from backends.errors import ConfigError, GpoError
 from benchmarks.sample import Sample
 from engine.batch_api import work_that_can_wait
 from engine.budget import BudgetExhausted
+from engine.evaluator import Evaluator
+from engine.race_runner import RaceOutcome, race_prompts
+from engine.racing import RacingSettings
 from gpo.interfaces import EvaluationOutcome, ScoringEvaluator
 from gpo.run_dir import TaskRecorder
 from gpo.task_view import TaskView
@@ -84,15 +87,46 @@ class TaskScorer:
             # Scores of a half-finished evaluation would be wrong: keep none of them.
             raise BudgetExhausted(outcome.budget_exhausted)
         records = sorted_records(outcome, samples)
-        if self.recorder is not None:
-            rows = []
-            for record in records:
-                row = record.to_json() if hasattr(record, "to_json") else dict(vars(record))
-                row.update({"step": step, "purpose": purpose})
-                rows.append(row)
-            self.recorder.append("scores", rows)
+        self._write(records, step, purpose)
         self._check_failures(records, len(prompts), len(samples), split, step)
         return outcome
+
+    def _write(self, records: Sequence[Any], step: int, purpose: str) -> None:
+        if self.recorder is None:
+            return
+        rows = []
+        for record in records:
+            row = record.to_json() if hasattr(record, "to_json") else dict(vars(record))
+            row.update({"step": step, "purpose": purpose})
+            rows.append(row)
+        self.recorder.append("scores", rows)
+
+    async def race(
+        self,
+        samples: Sequence[Sample],
+        prompts: Sequence[str],
+        step: int,
+        settings: RacingSettings,
+    ) -> tuple[list[float | None], RaceOutcome]:
+        """Race `prompts` on the dev `samples`: the full-dev mean of each survivor (None for a
+        candidate racing dropped), and what racing did. Records go to the scores file with
+        purpose "candidates", partial rows of dropped candidates included."""
+        view = TaskView(self.task, {"eval": samples})
+        racer = getattr(self.evaluator, "race", None)
+        if callable(racer):  # a wrapper (progress) that races through the evaluator it wraps
+            result, outcome = await racer(view, prompts, "eval", settings)
+        elif isinstance(self.evaluator, Evaluator):
+            result, outcome = await race_prompts(self.evaluator, view, prompts, "eval", settings)
+        else:
+            raise ConfigError("--racing needs the engine's evaluator (engine.evaluator.Evaluator)")
+        if result.budget_exhausted:
+            raise BudgetExhausted(result.budget_exhausted)
+        records = sorted_records(result, samples)
+        self._write(records, step, "candidates")
+        self._check_failures(records, len(prompts), len(samples), "eval", step)
+        means = result.mean_scores
+        full = set(outcome.survivors) if outcome.survivors else set()
+        return [float(means[i]) if i in full else None for i in range(len(prompts))], outcome
 
     async def scores(
         self,

@@ -37,7 +37,7 @@ def bar_lines(reports: Sequence[WorkloadReport], estimate: EstimateCheck | None)
     if estimate is not None:
         lines.append(
             BarLine(
-                "dry-run estimate within 10% of the ledger's tokens",
+                "dry-run estimate within 10% of the ledger's tokens and dollars (prompt cache on)",
                 estimate.within(0.10),
                 estimate.describe(),
             )

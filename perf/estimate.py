@@ -1,5 +1,7 @@
 """The estimate check (`bench.py --check-estimate`): estimate a small GPO run dry, run it against
-the simulated server, and compare the estimate with the engines' ledgers."""
+the simulated server in API mode (rate limits on, prefix cache on, cached prompt tokens reported
+in usage), and compare the estimate with the engines' ledgers: tokens, cached prompt tokens and
+dollars at a hosted price with a cached-input discount."""
 
 from __future__ import annotations
 
@@ -16,19 +18,28 @@ CHECK_STEPS = 4
 CHECK_CANDIDATES = 8
 CHECK_DEV = 24
 CHECK_TEST = 48
+CHECK_PRICE = (2.50, 10.00, 1.25)
+"""Input, output and cached-input dollars per million tokens the check bills at (gpt-4o's)."""
+CHECK_TIME_SCALE = 400.0
+"""Simulated seconds per real second: the step model (and its prefix cache) runs, quickly."""
 
 
 @dataclass(frozen=True, slots=True)
 class EstimateCheck:
-    estimated: dict[str, int]
-    measured: dict[str, int]
+    estimated: dict[str, float]
+    measured: dict[str, float]
+    billed_usd: float | None = None
+    """The bill of the usage the server reported (prompt, cached, completion tokens), which the
+    ledger's dollars (`measured["usd"]`) must equal to the cent."""
 
     def error(self, key: str) -> float:
         measured = self.measured[key]
         return (self.estimated[key] - measured) / measured if measured else 0.0
 
     def within(self, tolerance: float) -> bool:
-        return all(abs(self.error(k)) <= tolerance for k in ("scorer_tokens", "total_tokens"))
+        return all(
+            abs(self.error(k)) <= tolerance for k in ("scorer_tokens", "total_tokens", "usd")
+        )
 
     def describe(self) -> str:
         parts = []
@@ -38,22 +49,34 @@ class EstimateCheck:
             "scorer_tokens",
             "optimizer_tokens",
             "total_tokens",
+            "cached_prompt_tokens",
+            "usd",
         ):
+            if key not in self.measured:
+                continue
+            shown = "{:,.4f}" if key == "usd" else "{:,.0f}"
             parts.append(
-                f"{key} {self.estimated[key]:,} vs {self.measured[key]:,} "
+                f"{key} {shown.format(self.estimated[key])} vs {shown.format(self.measured[key])} "
                 f"({100 * self.error(key):+.1f}%)"
             )
+        if self.billed_usd is not None:
+            parts.append(f"server's usage billed {self.billed_usd:,.4f}")
         return "; ".join(parts)
 
 
-def check_estimate(task: Task) -> EstimateCheck:
+def check_estimate(task: Task, batch: bool = False) -> EstimateCheck:
     """Estimate a small GPO run dry, run it against the simulated server, compare with the ledger.
 
-    Scorer and optimizer are both the simulated server (zero service time, so the run is quick);
-    the estimate uses the server's tokenizer and its expected output lengths.
+    Scorer and optimizer are both the simulated server in API mode with its prefix cache (time
+    scaled so the run is quick); the estimate uses the server's tokenizer, its expected output
+    lengths and its cache's block size. `batch`: the test evaluations go through the Batch API
+    (estimated and billed at batch prices).
     """
     from backends.simulated import SimulatedServerConfig, start_server_process
+    from backends.simulated.config import RateLimits
     from backends.simulated.tokens import count_tokens
+    from engine.prices import ModelPrice, PriceTable
+    from gpo.cache_estimate import PromptCacheRule
     from gpo.config import OptimizerConfig
     from gpo.cost_estimate import estimate_for_config, expected_output_tokens
 
@@ -63,7 +86,12 @@ def check_estimate(task: Task) -> EstimateCheck:
         dev_size=CHECK_DEV,
         test_size=CHECK_TEST,
     )
-    server_config = SimulatedServerConfig(zero_latency=True)
+    server_config = SimulatedServerConfig(
+        time_scale=CHECK_TIME_SCALE,
+        rate_limits=RateLimits(requests_per_minute=1_000_000, tokens_per_minute=1_000_000_000),
+    )
+    input_price, output_price, cached_price = CHECK_PRICE
+    price = ModelPrice(input_price, output_price, cached_input_per_mtok=cached_price)
     estimate = estimate_for_config(
         task,
         config,
@@ -72,9 +100,15 @@ def check_estimate(task: Task) -> EstimateCheck:
             server_config.output_lengths, FIRST_TURN_PARAMS.max_tokens
         ),
         chat_template="chatml",
+        scorer_model=server_config.model,
+        optimizer_model=server_config.model,
+        prices=PriceTable({server_config.model: price}),
+        prompt_cache=PromptCacheRule(block_tokens=server_config.block_size, min_tokens=0),
+        batch=batch,
     )
     with start_server_process(server_config, answer_key=answer_key_for(task)) as server:
-        ledgers = _run_optimization(task, config, f"{server.url}/v1", server_config.model)
+        ledgers = _run_optimization(task, config, f"{server.url}/v1", server_config.model, price)
+        billed = _server_bill(server.metrics(), price)
     scorer, optimizer = ledgers
     measured = {
         "scorer_calls": scorer["requests"],
@@ -82,6 +116,8 @@ def check_estimate(task: Task) -> EstimateCheck:
         "scorer_tokens": scorer["total_tokens"],
         "optimizer_tokens": optimizer["total_tokens"],
         "total_tokens": scorer["total_tokens"] + optimizer["total_tokens"],
+        "cached_prompt_tokens": scorer["cached_prompt_tokens"] + optimizer["cached_prompt_tokens"],
+        "usd": scorer["cost_usd"] + optimizer["cost_usd"],
     }
     estimated = {
         "scorer_calls": estimate.scorer_calls,
@@ -89,12 +125,24 @@ def check_estimate(task: Task) -> EstimateCheck:
         "scorer_tokens": estimate.scorer_prompt_tokens + estimate.scorer_completion_tokens,
         "optimizer_tokens": estimate.optimizer_prompt_tokens + estimate.optimizer_completion_tokens,
         "total_tokens": estimate.prompt_tokens + estimate.completion_tokens,
+        "cached_prompt_tokens": estimate.cached_prompt_tokens,
+        "usd": estimate.usd or 0.0,
     }
-    return EstimateCheck(estimated, measured)
+    return EstimateCheck(estimated, measured, billed)
+
+
+def _server_bill(samples: Any, price: Any) -> float:
+    """Dollars of the usage the server reported in its answers, from its /metrics counters."""
+    from backends.simulated.metrics import metric_total
+
+    prompt = metric_total(samples, "sim_prompt_tokens_served_total")
+    cached = metric_total(samples, "sim_cached_prompt_tokens_served_total")
+    completion = metric_total(samples, "sim_completion_tokens_served_total")
+    return price.token_cost(prompt, completion, cached)
 
 
 def _run_optimization(
-    task: Task, config: Any, base_url: str, model: str
+    task: Task, config: Any, base_url: str, model: str, price: Any
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     from engine.evaluator import Evaluator
     from gpo.embedders import EmbedderConfig, make_embedder
@@ -103,6 +151,8 @@ def _run_optimization(
     async def main() -> tuple[dict[str, Any], dict[str, Any]]:
         embedder = make_embedder(EmbedderConfig())
         async with open_estimate_engines(base_url, model) as (scorer, optimizer):
+            for engine in (scorer, optimizer):
+                engine.ledger.prices.set(model, price)
             loop = PromptOptimizer(
                 config, evaluator=Evaluator(scorer), optimizer=optimizer, embedder=embedder
             )

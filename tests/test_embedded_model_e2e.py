@@ -1,4 +1,5 @@
-"""`gpo eval` and `gpo optimize` end to end on the real embedded model (SmolLM2 on llama.cpp).
+"""`gpo eval` and `gpo optimize` end to end on the real embedded model (SmolLM2 on llama.cpp,
+pinned with `--local-server llamacpp`: the default would take vLLM where it is installed).
 
 These assert on what a real model run must produce (run directory, records, ledger token counts
 that match the server's own `usage`), never on accuracy: the model is tiny. They need
@@ -79,6 +80,8 @@ def test_eval_on_the_embedded_model_counts_the_servers_tokens(tmp_path):
         "8",
         "--out",
         str(out),
+        "--local-server",
+        "llamacpp",
     )
     assert done.returncode == 0, done.stderr
     summary = orjson.loads((out / "summary.json").read_bytes())
@@ -117,6 +120,8 @@ def test_two_step_optimize_on_the_embedded_model(tmp_path):
         "--run-dir",
         str(run_dir),
         "--no-progress",
+        "--local-server",
+        "llamacpp",
     )
     assert done.returncode == 0, done.stderr
     summary = orjson.loads((run_dir / "summary.json").read_bytes())

@@ -253,7 +253,9 @@ async def test_the_vllm_kind_starts_and_stops_a_managed_server(monkeypatch, tmp_
     async with open_engines(EngineSetSpec((scorer,), log_dir=tmp_path)) as engines:
         backend = engines["scorer"].backend
         assert backend.model == "org/model"
-        assert backend.identity == "managed-vllm|org/model"  # stable across ports
+        # Stable across ports: the name and what the server says about the model, no URL.
+        assert backend.identity.startswith("managed-vllm|org/model|")
+        assert "127.0.0.1" not in backend.identity
         url = backend.base_url
     assert (tmp_path / "vllm-scorer.log").exists()
     with pytest.raises(OSError):  # stopped with the engines
@@ -280,11 +282,15 @@ async def test_bench_and_the_cli_build_the_same_engine_for_one_url(monkeypatch) 
             by_cli, by_bench = cli_engines["scorer"], bench_engines["scorer"]
             assert by_cli.config == by_bench.config
             assert type(by_cli.backend) is type(by_bench.backend)
-            assert by_cli.backend.identity == by_bench.backend.identity
+            # The CLI probes the server, so its identity adds what identifies the model.
+            assert by_cli.backend.identity.startswith(by_bench.backend.identity + "|")
             assert by_cli.backend.model == by_bench.backend.model == config.model
-            # What bench knows of its own server (max_num_seqs) is the only difference.
-            assert by_bench.capabilities == Capabilities(max_concurrency=config.max_num_seqs)
-            assert by_cli.capabilities == Capabilities()
+            # What bench knows of its own server (max_num_seqs) is the only difference: the CLI
+            # found a vLLM (lists work) that does not publish its max_num_seqs.
+            assert by_bench.capabilities == Capabilities(
+                max_concurrency=config.max_num_seqs, lists_confirmed=True
+            )
+            assert by_cli.capabilities == Capabilities(lists_confirmed=True)
             for engine in (by_cli, by_bench):
                 request = Request(
                     messages=(("user", "Say ok."),), params=SamplingParams(max_tokens=4)

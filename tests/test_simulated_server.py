@@ -127,8 +127,17 @@ async def test_chat_costs_and_answers_like_the_rendered_completion(server, clien
     completion_payload = {"prompt": render_chatml(messages), "max_tokens": 64, "temperature": 0}
     _, plain = await post(client, f"{server.url}/v1/completions", completion_payload)
     assert chat["choices"][0]["message"]["content"] == plain["choices"][0]["text"]
+    chat_details = chat["usage"].pop("prompt_tokens_details")
+    plain_details = plain["usage"].pop("prompt_tokens_details")
     assert chat["usage"] == plain["usage"]
     assert chat["usage"]["prompt_tokens"] == count_tokens(render_chatml(messages))
+    # The same rendered prompt a second time: its prefix cache serves it, and usage says so in
+    # OpenAI's form (all full blocks; vLLM recomputes at least the last token).
+    prompt_tokens = plain["usage"]["prompt_tokens"]
+    assert chat_details == {"cached_tokens": 0}
+    block = server.config.block_size
+    assert plain_details["cached_tokens"] >= (prompt_tokens - 1) // block * block > 0
+    assert plain_details["cached_tokens"] < prompt_tokens
 
 
 async def test_models_health_and_metrics(server, client):

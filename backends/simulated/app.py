@@ -356,9 +356,10 @@ class SimulatedApp:
             self.counters.faults[fault.value] += 1
             return await self._deliver_fault(request, fault)
         outputs = self._answers(generation, purpose)
+        cached_tokens = 0
         if self.step_loop is not None:
             try:
-                await self._run_on_gpu(self.step_loop, generation, outputs)
+                cached_tokens = await self._run_on_gpu(self.step_loop, generation, outputs)
             except ConnectionFailed:
                 fault_delivery.reset_connection(request)
                 raise asyncio.CancelledError from None
@@ -369,9 +370,13 @@ class SimulatedApp:
                 model=self.config.model,
                 request_id=f"{next(self._request_ids):x}",
                 created=int(time.time()),
+                cached_tokens=cached_tokens,
             )
         )
         self._count_served(generation, outputs)
+        self.counters.cached_prompt_tokens_served += min(
+            cached_tokens, sum(generation.prompt_tokens)
+        )
         self.counters.purposes[purpose.value if purpose is not None else "none"] += 1
         if fault is FaultKind.SLOW_BODY:
             self.counters.faults[fault.value] += 1
@@ -422,7 +427,9 @@ class SimulatedApp:
 
     async def _run_on_gpu(
         self, step_loop: StepLoop, generation: GenerationRequest, outputs: list[GeneratedText]
-    ) -> None:
+    ) -> int:
+        """Runs the sequences through the step model; the prompt tokens its prefix cache served
+        (each prompt's first choice, as vLLM reports `prompt_tokens_details.cached_tokens`)."""
         loop = asyncio.get_running_loop()
         ticket = _Ticket(loop.create_future(), len(outputs))
         sequences: list[SequenceWork] = []
@@ -450,6 +457,8 @@ class SimulatedApp:
         step_loop.submit(sequences)
         try:
             await ticket.future
+            firsts = sequences[:: max(1, generation.n)]
+            return sum(seq.cached_tokens or 0 for seq in firsts)
         except asyncio.CancelledError:
             unfinished = [s for s in sequences if s.state < FINISHED]
             self.counters.sequences_aborted += len(unfinished)

@@ -29,6 +29,7 @@ class ServerCounters:
     purposes: Counter[str] = field(default_factory=Counter)
     sequences_served: int = 0
     prompt_tokens_served: int = 0
+    cached_prompt_tokens_served: int = 0
     completion_tokens_served: int = 0
     finish_reasons: Counter[str] = field(default_factory=Counter)
     rate_limited: int = 0
@@ -162,6 +163,11 @@ def _sim_metrics(
             "sim_prompt_tokens_served_total",
             "Prompt tokens billed in usage.",
             counters.prompt_tokens_served,
+        ),
+        (
+            "sim_cached_prompt_tokens_served_total",
+            "Prompt tokens reported cached in usage (prompt_tokens_details.cached_tokens).",
+            counters.cached_prompt_tokens_served,
         ),
         (
             "sim_completion_tokens_served_total",

@@ -182,13 +182,18 @@ def parse_chat_request(body: object, config: SimulatedServerConfig) -> Generatio
     return GenerationRequest((prompt,), (tokens,), n, max_tokens, temperature, seed, stop, True)
 
 
-def _usage(request: GenerationRequest, outputs: Sequence[GeneratedText]) -> dict[str, int]:
+def _usage(
+    request: GenerationRequest, outputs: Sequence[GeneratedText], cached_tokens: int = 0
+) -> dict[str, Any]:
+    """OpenAI's usage object; `prompt_tokens_details.cached_tokens`: the prompt tokens the prefix
+    cache served (vLLM reports them so with `--enable-prompt-tokens-details`)."""
     prompt_tokens = sum(request.prompt_tokens)
     completion_tokens = sum(o.completion_tokens for o in outputs)
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": min(cached_tokens, prompt_tokens)},
     }
 
 
@@ -199,6 +204,7 @@ def completion_body(
     model: str,
     request_id: str,
     created: int,
+    cached_tokens: int = 0,
 ) -> dict[str, Any]:
     """`/v1/completions` answer; `outputs` are ordered prompt-major, then choice."""
     return {
@@ -216,7 +222,7 @@ def completion_body(
             }
             for index, output in enumerate(outputs)
         ],
-        "usage": _usage(request, outputs),
+        "usage": _usage(request, outputs, cached_tokens),
     }
 
 
@@ -227,6 +233,7 @@ def chat_body(
     model: str,
     request_id: str,
     created: int,
+    cached_tokens: int = 0,
 ) -> dict[str, Any]:
     """`/v1/chat/completions` answer."""
     return {
@@ -244,7 +251,7 @@ def chat_body(
             }
             for index, output in enumerate(outputs)
         ],
-        "usage": _usage(request, outputs),
+        "usage": _usage(request, outputs, cached_tokens),
     }
 
 
