@@ -222,13 +222,20 @@ class OpenAICompatibleBackend:
         *,
         at_root: bool = False,
         with_headers: bool = False,
+        form: aiohttp.FormData | None = None,
+        raw_answer: bool = False,
     ) -> Any:
         """One call; `timeout_s` (connect and answer) replaces the session's timeout; `at_root`:
         `path` is beside `/v1` (the server's own routes), not under it; `with_headers`: return
-        (answer, the answer's headers with lower-case names)."""
-        url = f"{self._server_root if at_root else self._base_url}{path}{self._query}"
+        (answer, the answer's headers with lower-case names); `form` is sent as a multipart
+        body instead of `body`; `raw_answer` returns the answer's bytes unparsed."""
+        query = self._query.replace("?", "&", 1) if "?" in path else self._query
+        url = f"{self._server_root if at_root else self._base_url}{path}{query}"
         where = self._where(path)
-        data = orjson.dumps(body) if body is not None else None
+        data: Any = orjson.dumps(body) if body is not None else None
+        if form is not None:
+            data = form()
+            headers = {**(headers or {}), "Content-Type": data.content_type}
         options: dict[str, Any] = {"allow_redirects": False}
         if timeout_s is not None:
             options["timeout"] = aiohttp.ClientTimeout(total=timeout_s, connect=timeout_s)
@@ -269,6 +276,8 @@ class OpenAICompatibleBackend:
             raise ConnectionFailed(
                 _clean(f"{type(error).__name__}: {error}"), endpoint=where
             ) from None
+        if raw_answer:
+            return raw
         try:
             payload = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -470,6 +479,24 @@ class OpenAICompatibleBackend:
             )
             for i in range(prompt_count)
         ]
+
+    @property
+    def request_shape(self) -> RequestShape:
+        """What this endpoint's model was found to refuse (the Batch API's lines use it too)."""
+        return self._shape
+
+    async def api_call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        form: aiohttp.FormData | None = None,
+        raw_answer: bool = False,
+    ) -> Any:
+        """One call to a route under `/v1` (the Batch API's `/files` and `/batches`): the same
+        session, credentials and errors as every other call; see `_request`."""
+        return await self._request(method, path, body, form=form, raw_answer=raw_answer)
 
     async def post_to_server(self, path: str, body: dict[str, Any], timeout_s: float) -> Any:
         """POST to one of the server's own routes beside `/v1` (vLLM's `/tokenize`, llama.cpp's

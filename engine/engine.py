@@ -32,6 +32,7 @@ decides how the work reaches the server:
 - A run's `Budget` (`engine.budget`), shared by its engines, reserves each call's estimated cost
   before it is sent; once spent, every engine sharing it refuses new requests with
   `BudgetExhausted`.
+- `engine.batch` (a `engine.batch_api.BatchRunner`): cache misses go through the Batch API.
 - Answers are committed to the cache as each call returns, before callers see them; processes
   sharing one cache file claim keys before sending them (`engine.cache_claims`), so none pays
   twice for an answer.
@@ -57,6 +58,7 @@ from backends.protocol import (
 )
 from backends.redaction import redact_completions
 from engine.adaptive_window import MeasuredWindow
+from engine.batch_api import BatchRunner
 from engine.budget import NO_RESERVATION, Budget, BudgetExhausted, Reservation
 from engine.cache import ResponseCache
 from engine.cache_claims import CacheClaims
@@ -145,6 +147,7 @@ class Engine:
                 poll_max_s=self.config.claim_poll_max_s,
             )
         self._fatal: RequestFailed | None = None
+        self.batch: BatchRunner | None = None  # set (started) by callers: see engine.batch_api
         if hasattr(backend, "rate_limit_observer"):
             backend.rate_limit_observer = self.pacing.on_headers
         self._probe: ServerLoadProbe | None = None
@@ -190,6 +193,7 @@ class Engine:
                 await self._dispatcher
         if self._probe is not None:
             await self._probe.stop()
+        await self.batch.close() if self.batch is not None else None
         parked = await self._claims.close() if self._claims is not None else []
         for item in self._queues.drain():
             self._fail(item, "the engine was closed before this request was sent", "closed")
@@ -231,6 +235,8 @@ class Engine:
                 self.ledger.record_dedup(self._model, phase)
                 return await asyncio.shield(shared)
         self._check_open(0)
+        if self.batch is not None and key is not None and self.batch.applies():
+            return await self.batch.answer(key, request, phase)
         if self._dispatcher is None:
             self.start()
         future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()

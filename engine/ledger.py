@@ -31,6 +31,7 @@ class UsageCounters:
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
     reasoning_tokens: int = 0
+    batch_requests: int = 0
     batch_prompt_tokens: int = 0
     batch_cached_prompt_tokens: int = 0
     batch_completion_tokens: int = 0
@@ -90,6 +91,7 @@ class Ledger:
         c.cached_prompt_tokens += cached_prompt_tokens
         c.reasoning_tokens += max(0, reasoning_tokens)
         if billing == "batch":
+            c.batch_requests += 1
             c.batch_prompt_tokens += prompt_tokens
             c.batch_cached_prompt_tokens += cached_prompt_tokens
             c.batch_completion_tokens += completion_tokens
@@ -236,6 +238,7 @@ class Ledger:
 _DETAIL_FIELDS = (
     "cached_prompt_tokens",
     "reasoning_tokens",
+    "batch_requests",
     "batch_prompt_tokens",
     "batch_cached_prompt_tokens",
     "batch_completion_tokens",

@@ -53,8 +53,8 @@ SUBCOMMANDS = (
 _SECRET_FLAG = re.compile(
     r"(^|-)(api(-?k(e(y)?)?)?|apikey|token|secret|password|passwd|auth|credentials?)(-|$)"
 )
-# ...unless it names where the secret is kept, spelled out in full.
-_SAFE_SECRET_FLAG = re.compile(r"-(env|file)$")
+# ...unless it names where the secret is kept, spelled out in full, or is the Batch API switch.
+_SAFE_SECRET_FLAG = re.compile(r"-(env|file)$|^batch-api$")
 
 
 def _secret_flag(argument: str) -> str | None:

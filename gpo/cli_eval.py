@@ -26,6 +26,7 @@ from benchmarks import (
     resolve_task_names,
 )
 from engine.event_loop import run as run_async
+from gpo.batch_flags import add_batch_arguments, attach_batch_runner
 from gpo.endpoint_flags import (
     BoundedNumber,
     add_endpoint_arguments,
@@ -133,6 +134,7 @@ def add_parser(subparsers: Any) -> None:
     add_scoring_arguments(parser)
     add_endpoint_arguments(parser, "scorer")
     add_shared_arguments(parser)
+    add_batch_arguments(parser)
 
 
 def _prompts_from_file(path: Path, tasks: list[str]) -> dict[str, list[str]]:
@@ -231,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
         async def main() -> dict[str, Any]:
             guard.watch()  # SIGTERM cancels this task: a clean stop, as Ctrl-C
             async with open_engines(spec_from_args(args, ["scorer"], out_dir)) as engines:
+                attach_batch_runner(args, engines["scorer"], out_dir)
                 tracker.engines = (engines["scorer"],)
                 tracker.evaluation_started(_SCORING, "", total)
                 refresher = asyncio.create_task(display.run_forever())

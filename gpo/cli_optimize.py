@@ -39,6 +39,7 @@ from rich.console import Console
 from benchmarks import load_task, resolve_data_dir
 from engine.evaluator import Evaluator
 from engine.event_loop import run as run_async
+from gpo.batch_flags import attach_batch_runner
 from gpo.budget_guard import resume_stop_message
 from gpo.endpoint_flags import ROLES
 from gpo.endpoint_flags import spec_from_args as engine_set_from_args
@@ -209,6 +210,7 @@ def _run_locked(
     async def main() -> dict[str, Any]:
         guard.watch()  # SIGTERM cancels this task: a clean stop, as Ctrl-C
         async with open_engines(engine_set_from_args(args, ROLES, run_dir.path)) as engines:
+            attach_batch_runner(args, engines["scorer"], run_dir.path, all_requests=False)
             tracker.engines = (engines["scorer"], engines["optimizer"])
             scoring = ProgressEvaluator(Evaluator(engines["scorer"], spec.scoring), tracker)
             refresher = asyncio.create_task(display.run_forever())

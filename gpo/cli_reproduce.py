@@ -42,6 +42,7 @@ from backends.errors import ConfigError
 from benchmarks import DATA_DIR_ENV, load_task, resolve_data_dir, resolve_task_names
 from engine.evaluator import Evaluator
 from engine.event_loop import run as run_async
+from gpo.batch_flags import add_batch_arguments, attach_batch_runner
 from gpo.budget_guard import spent_cap
 from gpo.cli_optimize import run_config
 from gpo.endpoint_flags import (
@@ -120,6 +121,7 @@ def add_parser(subparsers: Any) -> None:
     add_endpoint_arguments(parser, "scorer")
     add_endpoint_arguments(parser, "optimizer")
     add_shared_arguments(parser)
+    add_batch_arguments(parser, "the cells' test evaluations")
 
 
 def build_reproduce_parser() -> argparse.ArgumentParser:
@@ -296,6 +298,7 @@ def _run_locked(
     async def main() -> list[CellOutcome]:
         guard.watch()
         async with open_engines(engine_set_from_args(args, ROLES, sweep.path)) as engines:
+            attach_batch_runner(args, engines["scorer"], sweep.path, all_requests=False)
             tracker.engines = (engines["scorer"], engines["optimizer"])
             refresher = asyncio.create_task(display.run_forever())
 

@@ -30,6 +30,7 @@ from gpo.scoring_rules import ScoringRules
 
 RECORDS_FILE = "records.jsonl"
 SUMMARY_FILE = "summary.json"
+BATCH_CHAINS = 50_000  # chains in progress at once under --batch-api (a batch's size)
 # What an optimize run directory holds and an evaluation's folder never does.
 _OTHER_RUN_FILES = (CONFIG_FILE, STATE_FILE)
 
@@ -109,7 +110,10 @@ async def run_eval_job(
         name: load_task(name, job.data_dir, **job.rules.task_options())
         for name in job.prompts_by_task
     }
-    evaluator = Evaluator(engine, job.settings)
+    # Through the Batch API every chain waits for a batch anyway: all of them start at once, so
+    # each turn of the evaluation is one batch rather than one per window of chains.
+    chains = BATCH_CHAINS if engine.batch is not None else None
+    evaluator = Evaluator(engine, job.settings, max_active_chains=chains)
     records_file: BinaryIO
     # One evaluation per output folder (see `check_out_dir`): records are replaced, not doubled.
     with (out_dir / RECORDS_FILE).open("wb") as records_file:

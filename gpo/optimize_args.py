@@ -14,6 +14,7 @@ from typing import Any
 
 from backends.errors import ConfigError
 from benchmarks import load_task, resolve_task_names
+from gpo.batch_flags import add_batch_arguments
 from gpo.config import LIMITS, MAX_STEPS, OptimizerConfig
 from gpo.embedders import EMBEDDER_KINDS, EmbedderConfig
 from gpo.endpoint_flags import BoundedNumber, add_endpoint_arguments, add_shared_arguments
@@ -91,6 +92,7 @@ def add_parser(subparsers: Any) -> None:
     add_endpoint_arguments(parser, "scorer")
     add_endpoint_arguments(parser, "optimizer")
     add_shared_arguments(parser)
+    add_batch_arguments(parser, "its test evaluations")
 
 
 def add_run_shape_arguments(parser: argparse.ArgumentParser, *, seed: bool = True) -> None:

@@ -50,6 +50,10 @@ _OPERATIONAL_FLAGS = (
     "embedding_base_url",
     "embedding_api_key_env",
     "embedding_device",
+    "batch_api",  # how the test answers are bought, not what they are
+    "batch_timeout",
+    "batch_poll_max",
+    "batch_attempts",
 )
 _OPERATIONAL_ROLE_FLAGS = (
     "url",

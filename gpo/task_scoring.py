@@ -18,6 +18,7 @@ import numpy as np
 
 from backends.errors import ConfigError, GpoError
 from benchmarks.sample import Sample
+from engine.batch_api import work_that_can_wait
 from engine.budget import BudgetExhausted
 from engine.evaluator import Evaluator
 from engine.race_runner import RaceOutcome, race_prompts
@@ -77,7 +78,11 @@ class TaskScorer:
     ) -> EvaluationOutcome:
         """Score `prompts` on `samples` (as `split`); the records are written with step/purpose."""
         view = TaskView(self.task, {split: samples})
-        outcome = await self.evaluator.evaluate(view, list(prompts), split)
+        if split == "test":  # nothing waits on a test score: it may go through the Batch API
+            with work_that_can_wait():
+                outcome = await self.evaluator.evaluate(view, list(prompts), split)
+        else:
+            outcome = await self.evaluator.evaluate(view, list(prompts), split)
         if outcome.budget_exhausted:
             # Scores of a half-finished evaluation would be wrong: keep none of them.
             raise BudgetExhausted(outcome.budget_exhausted)

@@ -40,6 +40,7 @@ _TOP_LEVEL_FLAGS = {
     "prefill_time_per_token_s": "prefill_time_per_token_s",
     "time_scale": "time_scale",
     "embedding_dim": "embedding_dim",
+    "batch_delay_s": "batch_delay_s",
 }
 _RATE_FLAGS = {
     "rpm": "requests_per_minute",
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--time-scale", type=float, help="simulated seconds per real second")
     add("--zero-latency", action="store_true", help="answer at once, bypassing the step model")
     add("--embedding-dim", type=int)
+    add("--batch-delay-s", type=float, help="simulated seconds a Batch API batch takes")
     add("--rpm", type=int, help="requests per minute (API mode)")
     add("--tpm", type=int, help="tokens per minute (API mode)")
     add("--burst-fraction", type=float, help="bucket capacity as a fraction of the limit")

@@ -3,7 +3,7 @@
 Routes: `POST /v1/completions`, `POST /v1/chat/completions`, `POST /v1/embeddings`,
 `GET /v1/models`, `GET /health`, `GET /metrics`, and two control routes for out-of-process use:
 `POST /sim/down` (`{"seconds": N}`: crash now, listen again after N real seconds) and
-`POST /sim/restart`.
+`POST /sim/restart`. The Batch API's routes (`/v1/files`, `/v1/batches`) are in `batch_api.py`.
 
 A generation request goes: API key (401) -> JSON body (400) -> validation (400/404, the
 `X-GPO-Purpose` header included) -> rate limits (429, costs nothing) -> fault draw -> answers ->
@@ -34,6 +34,7 @@ from backends.errors import BackendError, ClientRequestError, ConnectionFailed
 from backends.protocol import PURPOSE_HEADER, Purpose
 from backends.simulated.answer_key import AnswerKey
 from backends.simulated.answers import AnswerSynthesizer, GeneratedText
+from backends.simulated.batch_api import BatchApi
 from backends.simulated.batching import FINISHED, ContinuousBatcher, SequenceWork
 from backends.simulated.config import SimulatedServerConfig
 from backends.simulated.embeddings import embed_text
@@ -150,6 +151,7 @@ class SimulatedApp:
         self._take_down = take_down
         self._restart = restart
         self._control_tasks: set[asyncio.Task[None]] = set()
+        self.batch_api = BatchApi(config, self._answers)
         self.application = self._build_application()
 
     def _build_application(self) -> web.Application:
@@ -164,6 +166,7 @@ class SimulatedApp:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/sim/down", self.control_down)
         app.router.add_post("/sim/restart", self.control_restart)
+        self.batch_api.add_routes(app)
         return app
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -176,6 +179,7 @@ class SimulatedApp:
         self.crash()
         for task in list(self._control_tasks):
             task.cancel()
+        await self.batch_api.close()
         if self.step_loop is not None:
             await self.step_loop.stop()
 

@@ -194,6 +194,8 @@ class SimulatedServerConfig:
     faults: FaultRates = field(default_factory=FaultRates)
     api_key: str | None = field(default=None, repr=False)
     embedding_dim: int = 64
+    batch_delay_s: float = 60.0
+    """Simulated seconds a Batch API batch stays in progress (see `batch_api.py`)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -219,6 +221,8 @@ class SimulatedServerConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.step_overhead_s + self.decode_time_per_seq_s + self.prefill_time_per_token_s <= 0:
             raise ConfigError("a step must take some time: the step cost parameters are all 0")
+        if self.batch_delay_s < 0:
+            raise ConfigError(f"batch_delay_s must be >= 0, got {self.batch_delay_s}")
         if not self.time_scale > 0:
             raise ConfigError(f"time_scale must be > 0, got {self.time_scale}")
 
