@@ -4,9 +4,10 @@ Racing is off unless `--racing` is given; then each step's new candidates are ra
 split (see `engine/racing.py` for the test and its guarantee) instead of each being scored on
 every dev sample. delta = 0.05 (the chance, per step, that the best candidate is dropped) and
 epsilon = one dev sample's worth (1 / N) were fixed before any measurement. The look-ahead
-(`--racing-round`, samples scored ahead of the decisions) was chosen on the tuning task of the
-replay (`perf/racing_replay.py`, bbh/navigate): chains saved 51% / 47% / 44% / 38% at 0 / 2 /
-4 / 8; 4 keeps 32 chains of 8 candidates ready for the window while giving up 7 points.
+(`--racing-round`, samples scored ahead of the decisions) trades calls for a fuller window; on
+the replay's tuning tasks (`perf/racing_replay.py`: bbh/navigate, bbh/web_of_lies) racing saved
+40% / 37% / 34% / 29% of the chains at a look-ahead of 0 / 2 / 4 / 8. 4 keeps 32 chains of 8
+candidates ready for the window.
 """
 
 from __future__ import annotations
