@@ -6,6 +6,7 @@ dollars at a hosted price with a cached-input discount."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from benchmarks import Task
@@ -88,6 +89,7 @@ def check_estimate(task: Task, batch: bool = False) -> EstimateCheck:
     )
     server_config = SimulatedServerConfig(
         time_scale=CHECK_TIME_SCALE,
+        batch_delay_s=1.0,
         rate_limits=RateLimits(requests_per_minute=1_000_000, tokens_per_minute=1_000_000_000),
     )
     input_price, output_price, cached_price = CHECK_PRICE
@@ -107,8 +109,11 @@ def check_estimate(task: Task, batch: bool = False) -> EstimateCheck:
         batch=batch,
     )
     with start_server_process(server_config, answer_key=answer_key_for(task)) as server:
-        ledgers = _run_optimization(task, config, f"{server.url}/v1", server_config.model, price)
-        billed = _server_bill(server.metrics(), price)
+        ledgers = _run_optimization(
+            task, config, f"{server.url}/v1", server_config.model, price, batch=batch
+        )
+        # The server's usage counters cover its ordinary answers, not its batch lines.
+        billed = None if batch else _server_bill(server.metrics(), price)
     scorer, optimizer = ledgers
     measured = {
         "scorer_calls": scorer["requests"],
@@ -142,9 +147,13 @@ def _server_bill(samples: Any, price: Any) -> float:
 
 
 def _run_optimization(
-    task: Task, config: Any, base_url: str, model: str, price: Any
+    task: Task, config: Any, base_url: str, model: str, price: Any, *, batch: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    import argparse
+    import tempfile
+
     from engine.evaluator import Evaluator
+    from gpo.batch_flags import attach_batch_runner
     from gpo.embedders import EmbedderConfig, make_embedder
     from gpo.optimizer import PromptOptimizer
 
@@ -153,6 +162,11 @@ def _run_optimization(
         async with open_estimate_engines(base_url, model) as (scorer, optimizer):
             for engine in (scorer, optimizer):
                 engine.ledger.prices.set(model, price)
+            if batch:  # the test evaluations through the Batch API, as `--batch-api` sends them
+                flags = argparse.Namespace(
+                    batch_api="api", batch_poll_max=0.2, batch_timeout=600.0, batch_attempts=3
+                )
+                attach_batch_runner(flags, scorer, Path(batch_dir), all_requests=False)
             loop = PromptOptimizer(
                 config, evaluator=Evaluator(scorer), optimizer=optimizer, embedder=embedder
             )
@@ -160,4 +174,5 @@ def _run_optimization(
         await embedder.close()
         return scorer.ledger.snapshot()["totals"], optimizer.ledger.snapshot()["totals"]
 
-    return run_async(main(), uvloop_loop=True)
+    with tempfile.TemporaryDirectory(prefix="gpo-estimate-batch-") as batch_dir:
+        return run_async(main(), uvloop_loop=True)

@@ -73,6 +73,18 @@ def test_check_estimate_is_within_ten_percent_of_the_ledger_dollars_with_caching
     assert check.measured["usd"] == pytest.approx(check.billed_usd, abs=1e-6)
 
 
+def test_check_estimate_is_within_ten_percent_with_caching_and_batching_on():
+    """The test evaluations go through the simulated Batch API at the batch price."""
+    from perf.estimate import check_estimate
+
+    plain = check_estimate(load_task("bbh/navigate"))
+    batched = check_estimate(load_task("bbh/navigate"), batch=True)
+    assert abs(batched.error("usd")) <= 0.10, batched.describe()
+    assert batched.measured["cached_prompt_tokens"] > 0
+    # the batch price really was charged: the same run costs less than at list prices
+    assert batched.measured["usd"] < plain.measured["usd"] - 0.01
+
+
 def test_eval_dry_run_counts_every_chain_and_sends_nothing():
     import subprocess
     import sys
